@@ -1,0 +1,3 @@
+from ims.cli.main import main
+
+main()

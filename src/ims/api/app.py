@@ -1,0 +1,165 @@
+"""The FastAPI application: routers under '', /v2 and /v3, the original's error bodies, size limits."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.openapi.utils import get_openapi
+from fastapi.responses import JSONResponse
+from fastapi.routing import APIRoute
+from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from ims import __version__
+from ims.api import docs
+from ims.api.deps import Services
+from ims.api.http import MSG_METHOD, MSG_NOT_FOUND_URL, RawHttpError, problem, problem_from
+from ims.api.routers import health, records, remote_nodes
+from ims.domain.errors import ImsError
+
+log = logging.getLogger(__name__)
+
+VERSIONS = (("", "v2"), ("/v2", "v2"), ("/v3", "v3"))
+RouterHook = Callable[[FastAPI, str, str], None]
+# Later features (jobs, logs, metrics) register here to be mounted under every prefix.
+ROUTER_HOOKS: list[RouterHook] = []
+
+
+class BodySizeLimit:
+    """Refuse bodies over the limit with 413 before they are read into memory."""
+
+    def __init__(self, app: ASGIApp, limit: int) -> None:
+        self.app = app
+        self.limit = limit
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        declared = dict(scope.get("headers", [])).get(b"content-length")
+        if declared is not None and declared.isdigit() and int(declared) > self.limit:
+            await self._refuse(scope, receive, send)
+            return
+        seen = 0
+
+        async def limited() -> Message:
+            nonlocal seen
+            message = await receive()
+            if message["type"] == "http.request":
+                seen += len(message.get("body", b""))
+                if seen > self.limit:
+                    raise RawHttpError(413, "The request body is too large.")
+            return message
+
+        await self.app(scope, limited, send)
+
+    async def _refuse(self, scope: Scope, receive: Receive, send: Send) -> None:
+        response = problem(413, f"The request body is larger than the limit of {self.limit} bytes.")
+        await response(scope, receive, send)
+
+
+def _unique_id(route: APIRoute) -> str:
+    method = sorted(route.methods or {"get"})[0].lower()
+    path = route.path.replace("{", "").replace("}", "").strip("/").replace("/", "_").replace("-", "_")
+    if not route.path.startswith(("/v2/", "/v3/", "/healthz", "/version")):
+        path = "root_" + path
+    return f"{method}_{path}"
+
+
+def create_app(services: Services, *, start_workers: Callable[[], Callable[[], None]] | None = None) -> FastAPI:
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        stop = start_workers() if start_workers is not None else None
+        try:
+            yield
+        finally:
+            if stop is not None:
+                stop()
+            services.ctx.database.dispose()
+
+    app = FastAPI(
+        title="Image Management Service",
+        version=__version__,
+        description=(
+            "Stores Kiwi-NG recipes and boot images in S3, manages SSH public keys and runs create and "
+            "customize jobs. Wire-compatible with the Cray-HPE IMS; un-prefixed paths are v2 aliases."
+        ),
+        redirect_slashes=False,
+        lifespan=lifespan,
+        generate_unique_id_function=_unique_id,
+    )
+    app.state.services = services
+
+    app.include_router(health.build())
+    for prefix, version in VERSIONS:
+        for resource in records.RESOURCES:
+            app.include_router(records.build(resource, version), prefix=prefix)
+    for resource in records.RESOURCES:
+        app.include_router(records.build_deleted(resource), prefix="/v3")
+    app.include_router(remote_nodes.build(), prefix="/v3")
+    for hook in ROUTER_HOOKS:
+        for prefix, version in VERSIONS:
+            hook(app, prefix, version)
+
+    _install_error_handlers(app)
+    app.add_middleware(BodySizeLimit, limit=services.ctx.settings.max_body_bytes)
+    app.openapi = lambda: _openapi(app)  # type: ignore[method-assign]
+    return app
+
+
+def _install_error_handlers(app: FastAPI) -> None:
+    @app.exception_handler(ImsError)
+    async def _ims_error(_: Request, exc: ImsError) -> JSONResponse:
+        if exc.status >= 500:
+            log.warning("request failed: %s", exc.detail)
+        return problem_from(exc)
+
+    @app.exception_handler(RawHttpError)
+    async def _raw_error(_: Request, exc: RawHttpError) -> JSONResponse:
+        if exc.status == 413:
+            return problem(413, exc.message)
+        return JSONResponse({"message": exc.message}, status_code=exc.status)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        if exc.status_code == 404:
+            return problem(404, MSG_NOT_FOUND_URL)
+        if exc.status_code == 405:
+            if request.url.path.startswith(("/healthz", "/version")):
+                return JSONResponse({"message": MSG_METHOD}, status_code=405)
+            body = {"message": MSG_METHOD, "status": 405, "title": "Method Not Allowed", "detail": MSG_METHOD}
+            return JSONResponse(body, status_code=405)
+        return problem(exc.status_code, str(exc.detail))
+
+    @app.exception_handler(RequestValidationError)
+    async def _query_error(_: Request, exc: RequestValidationError) -> JSONResponse:
+        errors: dict[str, list[str]] = {}
+        for error in exc.errors():
+            errors.setdefault(str(error.get("loc", ["?"])[-1]), []).append(str(error.get("msg")))
+        return problem(400, "Invalid query parameters.", errors)
+
+    @app.exception_handler(Exception)
+    async def _unexpected(_: Request, exc: Exception) -> JSONResponse:
+        log.exception("unhandled error")
+        return JSONResponse({"message": "Internal Server Error"}, status_code=500)
+
+
+def _openapi(app: FastAPI) -> dict[str, Any]:
+    if app.openapi_schema:
+        return app.openapi_schema
+    schema = get_openapi(
+        title=app.title,
+        version=app.version,
+        description=app.description,
+        routes=app.routes,
+        servers=[{"url": "/apis/ims", "description": "Behind the API gateway"}, {"url": "/", "description": "Direct"}],
+    )
+    schema.setdefault("components", {}).setdefault("schemas", {}).update(docs.documented_schemas())
+    schema["info"]["license"] = {"name": "MIT", "identifier": "MIT"}
+    app.openapi_schema = schema
+    return schema

@@ -1,0 +1,75 @@
+"""Request parsing and response shapes shared by the routers."""
+
+from __future__ import annotations
+
+import json
+from http import HTTPStatus
+from typing import Any
+
+from fastapi import Request
+from fastapi.responses import JSONResponse, Response
+
+from ims.domain.errors import ImsError
+
+MSG_NOT_JSON = "Did not attempt to load JSON data because the request Content-Type was not 'application/json'."
+MSG_BAD_JSON = "The browser (or proxy) sent a request that this server could not understand."
+MSG_NOT_FOUND_URL = (
+    "The requested URL was not found on the server. If you entered the URL manually please check your spelling "
+    "and try again."
+)
+MSG_METHOD = "The method is not allowed for the requested URL."
+
+PROBLEM_JSON = "application/problem+json"
+
+
+class RawHttpError(Exception):
+    """A framework-level error with the original's plain `{"message": ...}` body."""
+
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+        self.message = message
+
+
+def problem(status: int, detail: str | None, errors: Any = None, *, title: str | None = None) -> JSONResponse:
+    body: dict[str, Any] = {"status": status, "title": title or HTTPStatus(status).phrase}
+    if detail is not None:
+        body["detail"] = detail
+    if errors is not None:
+        body["errors"] = errors
+    return JSONResponse(body, status_code=status, media_type=PROBLEM_JSON)
+
+
+def problem_from(exc: ImsError) -> JSONResponse:
+    if exc.title_only:
+        return problem(exc.status, None, exc.errors, title=exc.detail)
+    return problem(exc.status, exc.detail, exc.errors)
+
+
+async def read_json(request: Request) -> Any:
+    """Parse a JSON body with the original's rules: 415 for another type, 400 for bad or empty JSON."""
+    media_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
+    if media_type != "application/json":
+        raise RawHttpError(415, MSG_NOT_JSON)
+    raw = await request.body()
+    if not raw.strip():
+        raise RawHttpError(400, MSG_BAD_JSON)
+    try:
+        return json.loads(raw)
+    except (ValueError, UnicodeDecodeError):
+        raise RawHttpError(400, MSG_BAD_JSON) from None
+
+
+def ok(body: Any, status: int = 200) -> JSONResponse:
+    return JSONResponse(body, status_code=status)
+
+
+def no_content() -> Response:
+    return Response(status_code=204)
+
+
+def cascade_flag(value: str | None) -> bool:
+    """The original's rule: true unless the value is something other than true/yes/t/1."""
+    if value is None:
+        return True
+    return value.lower() in {"true", "yes", "t", "1"}

@@ -1,0 +1,214 @@
+"""Schemas for the OpenAPI document only; request rules live in ims.domain.schemas."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+Arch = Literal["aarch64", "x86_64"]
+JobStatus = Literal[
+    "creating",
+    "fetching_image",
+    "fetching_recipe",
+    "waiting_for_repos",
+    "building_image",
+    "packaging_artifacts",
+    "waiting_on_user",
+    "error",
+    "success",
+]
+
+
+class ArtifactLink(BaseModel):
+    """Where an artifact lives: `s3://bucket/key`."""
+
+    path: str = Field(min_length=1, examples=["s3://boot-images/1fb58f4e-ad23-489b-89b7-95868fca7ee6/manifest.json"])
+    etag: str = Field(default="", description="S3 ETag of the object when the link was made; may be empty.")
+    type: Literal["s3"] = "s3"
+
+
+class KeyValue(BaseModel):
+    key: str
+    value: str
+
+
+class PublicKeyInput(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    name: str = Field(min_length=1)
+    public_key: str = Field(min_length=1, description="An OpenSSH public key, one line.")
+
+
+class PublicKeyRecord(PublicKeyInput):
+    id: str
+    created: str = Field(description="Naive UTC timestamp in ISO 8601 form, as the original writes it.")
+
+
+class DeletedPublicKeyRecord(PublicKeyRecord):
+    deleted: str
+
+
+class RecipeInput(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    name: str = Field(min_length=1)
+    recipe_type: Literal["kiwi-ng", "packer"]
+    linux_distribution: Literal["sles12", "sles15", "centos7", "debian12"]
+    link: ArtifactLink | None = None
+    template_dictionary: list[KeyValue] | None = Field(default_factory=list)
+    require_dkms: bool = True
+    arch: Arch = "x86_64"
+
+
+class RecipePatch(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    link: ArtifactLink | None = None
+    arch: Arch | None = None
+    require_dkms: bool | None = None
+    template_dictionary: list[KeyValue] | None = None
+
+
+class RecipeRecord(RecipeInput):
+    id: str
+    created: str
+
+
+class DeletedRecipeRecord(RecipeRecord):
+    deleted: str
+
+
+class ImageInput(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    name: str = Field(min_length=1)
+    link: ArtifactLink | None = None
+    arch: Arch = "x86_64"
+    metadata: dict[str, str] = Field(default_factory=dict)
+
+
+class MetadataOperation(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    operation: Literal["set", "remove"]
+    key: str
+    value: str = ""
+
+
+class ImagePatch(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    link: ArtifactLink | None = None
+    arch: Arch | None = None
+    metadata: MetadataOperation | None = None
+
+
+class ImageRecord(ImageInput):
+    id: str
+    created: str
+
+
+class DeletedImageRecord(ImageRecord):
+    deleted: str
+
+
+class UndeleteInput(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    operation: Literal["undelete"]
+
+
+class RemoteBuildNodeInput(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    xname: str = Field(min_length=1)
+
+
+class RemoteBuildNodeRecord(RemoteBuildNodeInput):
+    pass
+
+
+class RemoteBuildNodeStatus(BaseModel):
+    xname: str
+    sshStatus: str  # noqa: N815 - wire name
+    podmanStatus: str  # noqa: N815
+    nodeArch: str  # noqa: N815
+    numCurrentJobs: int  # noqa: N815
+    ableToRunJobs: bool  # noqa: N815
+
+
+class SshEndpoint(BaseModel):
+    host: str
+    port: int
+
+
+class SshContainerInput(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    name: str | None = None
+    jail: bool = False
+
+
+class SshContainer(SshContainerInput):
+    status: str = "pending"
+    connection_info: dict[str, SshEndpoint] = Field(
+        default_factory=dict, description="`customer_access` and `cluster.local` endpoints that answer SSH."
+    )
+
+
+class JobInput(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    job_type: Literal["create", "customize"]
+    artifact_id: str = Field(description="Recipe id (create) or image id (customize).")
+    public_key_id: str
+    image_root_archive_name: str = Field(min_length=1, description="Name of the image the job makes.")
+    enable_debug: bool = False
+    build_env_size: int = Field(default=60, ge=1, description="GiB; default DEFAULT_IMS_IMAGE_SIZE.")
+    job_mem_size: int = Field(default=8, ge=1, description="GiB; default DEFAULT_IMS_JOB_MEM_SIZE.")
+    kernel_file_name: str = Field(default="", description="Defaults to `vmlinuz` (x86_64) or `Image` (aarch64).")
+    initrd_file_name: str = Field(default="initrd", min_length=1)
+    kernel_parameters_file_name: str = Field(default="kernel-parameters", min_length=1)
+    ssh_containers: list[SshContainerInput] | None = None
+    require_dkms: bool = True
+
+
+class JobPatch(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    status: JobStatus | None = None
+    resultant_image_id: str | None = None
+    status_reason: str | None = None
+
+
+class JobRecord(BaseModel):
+    id: str
+    created: str
+    job_type: Literal["create", "customize"]
+    artifact_id: str
+    public_key_id: str
+    image_root_archive_name: str
+    enable_debug: bool
+    build_env_size: int
+    job_mem_size: int
+    kernel_file_name: str
+    initrd_file_name: str
+    kernel_parameters_file_name: str
+    ssh_containers: list[SshContainer] | None
+    require_dkms: bool
+    status: JobStatus
+    status_reason: str | None = Field(default=None, description="Ours: why the job is in its status.")
+    arch: Arch
+    resultant_image_id: str | None
+    kubernetes_job: str | None
+    kubernetes_service: str | None
+    kubernetes_configmap: str | None
+    kubernetes_pvc: str | None
+    kubernetes_secret: str | None
+    kubernetes_namespace: str | None
+    remote_build_node: str = ""
+
+
+class Version(BaseModel):
+    version: str
+
+
+class Problem(BaseModel):
+    status: int
+    title: str
+    detail: str | None = None
+    errors: dict[str, object] | list[object] | None = None
+
+
+class Message(BaseModel):
+    message: str

@@ -1,0 +1,1 @@
+"""One module per resource; each builds a router for a given API version."""

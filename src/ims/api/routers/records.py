@@ -1,0 +1,184 @@
+"""/public-keys, /recipes and /images: v2 (also un-prefixed) hard-deletes, v3 soft-deletes."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from fastapi import APIRouter, Query, Request
+from fastapi.responses import JSONResponse, Response
+from pydantic import BaseModel
+
+from ims.api import docs, models
+from ims.api.deps import call, services
+from ims.api.http import cascade_flag, no_content, ok, read_json
+from ims.domain import schemas
+from ims.services.records import RecordService
+
+
+@dataclass(frozen=True)
+class Resource:
+    path: str
+    attr: str
+    label: str
+    record: type[BaseModel]
+    create: type[BaseModel]
+    patch: type[BaseModel] | None
+    has_artifacts: bool
+
+
+RESOURCES = (
+    Resource("public-keys", "public_keys", "public key", models.PublicKeyRecord, models.PublicKeyInput, None, False),
+    Resource("recipes", "recipes", "recipe", models.RecipeRecord, models.RecipeInput, models.RecipePatch, True),
+    Resource("images", "images", "image", models.ImageRecord, models.ImageInput, models.ImagePatch, True),
+)
+
+
+def build(resource: Resource, version: str) -> APIRouter:
+    router = APIRouter(tags=[resource.path])
+    soft = version == "v3"
+    base = f"/{resource.path}"
+
+    def service(request: Request) -> RecordService:
+        found: RecordService = getattr(services(request), resource.attr)
+        return found
+
+    @router.get(
+        base,
+        summary=f"List {resource.label} records",
+        responses=docs.responses(200, resource.record, many=True, errors=(400,)),
+    )
+    async def list_records(
+        request: Request,
+        limit: int | None = Query(None, ge=1, description="Ours: at most this many records."),
+        offset: int = Query(0, ge=0, description="Ours: skip this many records first."),
+    ) -> JSONResponse:
+        return ok(await call(service(request).list, limit=limit, offset=offset))
+
+    @router.post(
+        base,
+        summary=f"Create a {resource.label} record",
+        status_code=201,
+        openapi_extra=docs.body(resource.create),
+        responses=docs.responses(201, resource.record, errors=(400, 413, 415, 422)),
+    )
+    async def create_record(request: Request) -> JSONResponse:
+        body = await read_json(request)
+        return ok(await call(service(request).create, body), 201)  # type: ignore[attr-defined]
+
+    delete_all_doc = "Soft-delete every record (see /v3/deleted)" if soft else "Delete every record"
+
+    @router.delete(base, summary=delete_all_doc, status_code=204, responses=docs.responses(204))
+    async def delete_records(
+        request: Request,
+        cascade: str | None = Query(None, description="v2: also delete the S3 artifacts (default true)."),
+    ) -> Response:
+        if soft:
+            await call(service(request).soft_delete_all)
+        else:
+            await call(service(request).hard_delete_all, cascade=cascade_flag(cascade))
+        return no_content()
+
+    @router.get(
+        base + "/{record_id}",
+        summary=f"Get a {resource.label} record",
+        responses=docs.responses(200, resource.record, errors=(404,)),
+    )
+    async def get_record(request: Request, record_id: str) -> JSONResponse:
+        return ok(await call(service(request).get, record_id))
+
+    @router.delete(
+        base + "/{record_id}",
+        summary=f"{'Soft-delete' if soft else 'Delete'} a {resource.label} record",
+        status_code=204,
+        responses=docs.responses(204, errors=(404,)),
+    )
+    async def delete_record(
+        request: Request,
+        record_id: str,
+        cascade: str | None = Query(None, description="v2: also delete the S3 artifacts (default true)."),
+    ) -> Response:
+        if soft:
+            await call(service(request).soft_delete, record_id)
+        else:
+            await call(service(request).hard_delete, record_id, cascade=cascade_flag(cascade))
+        return no_content()
+
+    if resource.patch is not None:
+
+        @router.patch(
+            base + "/{record_id}",
+            summary=f"Update a {resource.label} record",
+            openapi_extra=docs.body(resource.patch),
+            responses=docs.responses(200, resource.record, errors=(400, 404, 409, 413, 415, 422)),
+        )
+        async def patch_record(request: Request, record_id: str) -> JSONResponse:
+            svc = service(request)
+            await call(svc.get, record_id)  # an unknown id is a 404 before the body is looked at
+            body = await read_json(request)
+            return ok(await call(svc.patch, record_id, body))  # type: ignore[attr-defined]
+
+    return router
+
+
+def build_deleted(resource: Resource) -> APIRouter:
+    """/v3/deleted/<resource>: list, get, undelete, purge."""
+    router = APIRouter(tags=[f"deleted {resource.path}"])
+    base = f"/deleted/{resource.path}"
+    deleted_models: dict[str, type[BaseModel]] = {
+        "public-keys": models.DeletedPublicKeyRecord,
+        "recipes": models.DeletedRecipeRecord,
+        "images": models.DeletedImageRecord,
+    }
+    deleted_model = deleted_models[resource.path]
+
+    def service(request: Request) -> RecordService:
+        found: RecordService = getattr(services(request), resource.attr)
+        return found
+
+    @router.get(base, summary=f"List deleted {resource.label} records",
+                responses=docs.responses(200, deleted_model, many=True))
+    async def list_deleted(
+        request: Request,
+        limit: int | None = Query(None, ge=1),
+        offset: int = Query(0, ge=0),
+    ) -> JSONResponse:
+        return ok(await call(service(request).list, deleted=True, limit=limit, offset=offset))
+
+    @router.patch(base, summary=f"Undelete every deleted {resource.label} record", status_code=204,
+                  openapi_extra=docs.body(models.UndeleteInput),
+                  responses=docs.responses(204, errors=(400, 415, 422)))
+    async def undelete_all(request: Request) -> Response:
+        body = await read_json(request)
+        schemas.load_input(schemas.UndeleteInput(), body)
+        await call(service(request).undelete_all)
+        return no_content()
+
+    @router.delete(base, summary=f"Permanently delete every deleted {resource.label} record", status_code=204,
+                   responses=docs.responses(204))
+    async def purge_all(request: Request) -> Response:
+        await call(service(request).purge_all)
+        return no_content()
+
+    @router.get(base + "/{record_id}", summary=f"Get a deleted {resource.label} record",
+                responses=docs.responses(200, deleted_model, errors=(404,)))
+    async def get_deleted(request: Request, record_id: str) -> JSONResponse:
+        return ok(await call(service(request).get, record_id, deleted=True))
+
+    @router.patch(base + "/{record_id}", summary=f"Undelete a {resource.label} record", status_code=204,
+                  openapi_extra=docs.body(models.UndeleteInput),
+                  responses=docs.responses(204, errors=(400, 404, 415, 422)))
+    async def undelete_one(request: Request, record_id: str) -> Response:
+        svc = service(request)
+        await call(svc.get, record_id, deleted=True)
+        body = await read_json(request)
+        schemas.load_input(schemas.UndeleteInput(), body)
+        await call(svc.undelete, record_id)
+        return no_content()
+
+    @router.delete(base + "/{record_id}", summary=f"Permanently delete a deleted {resource.label} record",
+                   status_code=204, responses=docs.responses(204, errors=(404,)))
+    async def purge_one(request: Request, record_id: str) -> Response:
+        await call(service(request).purge, record_id)
+        return no_content()
+
+    return router

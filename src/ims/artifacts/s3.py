@@ -1,0 +1,256 @@
+"""One S3 gateway for the server, the workers and the job stages."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import IO, Any
+
+import boto3
+from boto3.s3.transfer import TransferConfig
+from botocore.config import Config
+from botocore.exceptions import BotoCoreError, ClientError
+
+from ims.domain.links import S3Location
+
+log = logging.getLogger(__name__)
+
+PART_SIZE = 64 * 1024 * 1024
+_TRANSFER = TransferConfig(
+    multipart_threshold=PART_SIZE, multipart_chunksize=PART_SIZE, max_concurrency=4, use_threads=True
+)
+
+
+class ArtifactError(Exception):
+    """An S3 object could not be read, written or moved."""
+
+
+class ArtifactMissing(ArtifactError):
+    pass
+
+
+class ArtifactTooLarge(ArtifactError):
+    pass
+
+
+@dataclass(frozen=True)
+class S3Config:
+    endpoint: str
+    access_key: str
+    secret_key: str
+    verify: bool | str = False
+    connect_timeout: float = 60
+    read_timeout: float = 60
+    url_expiration: int = 432000
+
+
+@dataclass(frozen=True)
+class ObjectInfo:
+    etag: str
+    size: int
+    metadata: dict[str, str]
+    content_type: str
+
+
+def make_client(config: S3Config) -> Any:
+    return boto3.session.Session().client(
+        "s3",
+        endpoint_url=config.endpoint or None,
+        aws_access_key_id=config.access_key or None,
+        aws_secret_access_key=config.secret_key or None,
+        region_name="us-east-1",
+        verify=config.verify,
+        config=Config(
+            signature_version="s3v4",
+            s3={"addressing_style": "path"},
+            connect_timeout=config.connect_timeout,
+            read_timeout=config.read_timeout,
+            retries={"max_attempts": 3, "mode": "standard"},
+            max_pool_connections=32,
+        ),
+    )
+
+
+class _Md5Reader:
+    """A forward-only reader that hashes what passes through, so the md5 costs no second read."""
+
+    def __init__(self, raw: IO[bytes], progress: Callable[[int], None] | None) -> None:
+        self._raw = raw
+        self._progress = progress
+        self.md5 = hashlib.md5()  # noqa: S324 - md5 is the artifact checksum of the wire contract
+        self.size = 0
+
+    def read(self, size: int = -1) -> bytes:
+        chunk = self._raw.read(size)
+        self.md5.update(chunk)
+        self.size += len(chunk)
+        if self._progress is not None and chunk:
+            self._progress(len(chunk))
+        return chunk
+
+
+class ArtifactStore:
+    def __init__(self, config: S3Config) -> None:
+        self.config = config
+        self.client = make_client(config)
+
+    # --- reading
+    def head(self, location: S3Location) -> ObjectInfo | None:
+        try:
+            reply = self.client.head_object(Bucket=location.bucket, Key=location.key)
+        except ClientError as exc:
+            if _status(exc) in (404, 403, 400) or _code(exc) in ("404", "NoSuchKey", "NotFound", "NoSuchBucket"):
+                return None
+            raise ArtifactError(str(exc)) from exc
+        except BotoCoreError as exc:
+            raise ArtifactError(str(exc)) from exc
+        return ObjectInfo(
+            etag=str(reply.get("ETag", "")).strip('"'),
+            size=int(reply.get("ContentLength", 0)),
+            metadata=dict(reply.get("Metadata", {})),
+            content_type=str(reply.get("ContentType", "")),
+        )
+
+    def read_bytes(self, location: S3Location, max_size: int | None = None) -> bytes:
+        try:
+            reply = self.client.get_object(Bucket=location.bucket, Key=location.key)
+        except ClientError as exc:
+            if _status(exc) == 404:
+                raise ArtifactMissing(location.url) from exc
+            raise ArtifactError(str(exc)) from exc
+        except BotoCoreError as exc:
+            raise ArtifactError(str(exc)) from exc
+        if max_size is not None and int(reply.get("ContentLength", 0)) >= max_size:
+            reply["Body"].close()
+            raise ArtifactTooLarge(location.url)
+        body: bytes = reply["Body"].read()
+        return body
+
+    def read_json(self, location: S3Location, max_size: int | None = None) -> Any:
+        data = self.read_bytes(location, max_size)
+        try:
+            return json.loads(data.decode("utf-8"))
+        except (UnicodeDecodeError, ValueError) as exc:
+            raise ArtifactError(f"{location.url} is not JSON: {exc}") from exc
+
+    def presign_get(self, location: S3Location, expires: int | None = None) -> str:
+        url: str = self.client.generate_presigned_url(
+            "get_object",
+            Params={"Bucket": location.bucket, "Key": location.key},
+            ExpiresIn=expires or self.config.url_expiration,
+        )
+        return url
+
+    def list_keys(self, bucket: str, prefix: str = "") -> list[str]:
+        keys: list[str] = []
+        paginator = self.client.get_paginator("list_objects_v2")
+        for page in paginator.paginate(Bucket=bucket, Prefix=prefix):
+            keys.extend(item["Key"] for item in page.get("Contents", []))
+        return keys
+
+    # --- writing
+    def put_bytes(
+        self,
+        location: S3Location,
+        data: bytes,
+        content_type: str = "application/octet-stream",
+        metadata: dict[str, str] | None = None,
+    ) -> str:
+        reply = self.client.put_object(
+            Bucket=location.bucket, Key=location.key, Body=data, ContentType=content_type, Metadata=metadata or {}
+        )
+        return str(reply.get("ETag", "")).strip('"')
+
+    def put_json(self, location: S3Location, value: Any) -> str:
+        return self.put_bytes(location, json.dumps(value).encode(), "application/json")
+
+    def upload_file(
+        self,
+        path: Path,
+        location: S3Location,
+        *,
+        content_type: str = "application/octet-stream",
+        metadata: dict[str, str] | None = None,
+        progress: Callable[[int], None] | None = None,
+    ) -> tuple[str, str]:
+        """Multipart upload; returns (etag, md5) with the md5 taken from the bytes as they were sent."""
+        with path.open("rb") as raw:
+            reader = _Md5Reader(raw, progress)
+            self.client.upload_fileobj(
+                reader,
+                location.bucket,
+                location.key,
+                ExtraArgs={"ContentType": content_type, "Metadata": metadata or {}},
+                Config=_TRANSFER,
+            )
+        md5 = reader.md5.hexdigest()
+        if metadata is None or "md5sum" not in metadata:
+            # The md5 is known only after the body went up; record it on the object as the original does.
+            new_metadata = dict(metadata or {}, md5sum=md5)
+            self.client.copy_object(
+                Bucket=location.bucket,
+                Key=location.key,
+                CopySource={"Bucket": location.bucket, "Key": location.key},
+                Metadata=new_metadata,
+                ContentType=content_type,
+                MetadataDirective="REPLACE",
+            )
+        info = self.head(location)
+        return (info.etag if info else ""), md5
+
+    def download_file(
+        self, location: S3Location, path: Path, progress: Callable[[int], None] | None = None
+    ) -> None:
+        self.client.download_file(location.bucket, location.key, str(path), Config=_TRANSFER, Callback=progress)
+
+    def delete(self, location: S3Location) -> bool:
+        """Delete an object; False when it was already gone."""
+        if self.head(location) is None:
+            return False
+        self.client.delete_object(Bucket=location.bucket, Key=location.key)
+        return True
+
+    def move(self, source: S3Location, target: S3Location) -> str:
+        """Copy then delete, safe to repeat after a crash: a finished move is recognised and kept."""
+        if self.head(source) is None:
+            info = self.head(target)
+            if info is None:
+                raise ArtifactMissing(source.url)
+            return info.etag
+        self.client.copy(
+            {"Bucket": source.bucket, "Key": source.key}, target.bucket, target.key, Config=_TRANSFER
+        )
+        info = self.head(target)
+        if info is None:
+            raise ArtifactError(f"copy of {source.url} to {target.url} did not arrive")
+        self.client.delete_object(Bucket=source.bucket, Key=source.key)
+        return info.etag
+
+    def ensure_buckets(self, names: list[str]) -> None:
+        existing = {bucket["Name"] for bucket in self.client.list_buckets().get("Buckets", [])}
+        for name in names:
+            if name not in existing:
+                try:
+                    self.client.create_bucket(Bucket=name)
+                except ClientError as exc:
+                    if _code(exc) not in ("BucketAlreadyOwnedByYou", "BucketAlreadyExists"):
+                        raise
+
+    def ping(self) -> bool:
+        try:
+            self.client.list_buckets()
+            return True
+        except Exception:
+            return False
+
+
+def _status(exc: ClientError) -> int:
+    return int(exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0))
+
+
+def _code(exc: ClientError) -> str:
+    return str(exc.response.get("Error", {}).get("Code", ""))

@@ -1,0 +1,95 @@
+"""Building and running the server process: settings, migrations, buckets, the app and its workers."""
+
+from __future__ import annotations
+
+import logging
+import sys
+import time
+from collections.abc import Callable
+
+from fastapi import FastAPI
+
+from ims.api.app import create_app
+from ims.api.deps import Services
+from ims.services import artifact_tasks
+from ims.services.context import ServiceContext
+from ims.settings import Settings, load_settings_or_exit
+from ims.store import migrate
+from ims.tasks.worker import TaskWorker
+
+log = logging.getLogger("ims")
+
+Stopper = Callable[[], None]
+# Background loops beyond the S3 task worker (the job worker, the reconciler) register here.
+WORKER_HOOKS: list[Callable[[ServiceContext], Stopper]] = []
+
+
+def configure_logging(settings: Settings) -> None:
+    logging.basicConfig(
+        level=settings.log_level,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+        force=True,
+    )
+
+
+def prepare(settings: Settings, *, wait_for_s3: float = 30.0) -> ServiceContext:
+    """Migrate the database and make sure the buckets exist; stop with one clear line if either fails."""
+    ctx = ServiceContext.from_settings(settings)
+    try:
+        migrate.upgrade(ctx.database)
+    except Exception as exc:
+        raise SystemExit(f"ims: the database at {ctx.database.engine.url!r} is not usable: {exc}") from None
+    deadline = time.monotonic() + wait_for_s3
+    while True:
+        try:
+            ctx.artifacts.ensure_buckets([settings.s3_ims_bucket, settings.s3_boot_images_bucket])
+            break
+        except Exception as exc:
+            if time.monotonic() > deadline:
+                raise SystemExit(f"ims: S3 at {settings.s3_endpoint or '(none)'} is not usable: {exc}") from None
+            time.sleep(0.5)
+    return ctx
+
+
+def start_workers(ctx: ServiceContext) -> Stopper:
+    worker = TaskWorker(
+        ctx.queue,
+        artifact_tasks.handlers(ctx),
+        lease_seconds=ctx.settings.task_lease_seconds,
+        poll_seconds=ctx.settings.task_poll_seconds,
+    )
+    ctx.on_task_queued.append(worker.wake)
+    worker.start()
+    stoppers = [worker.stop] + [hook(ctx) for hook in WORKER_HOOKS]
+
+    def stop() -> None:
+        for stopper in reversed(stoppers):
+            stopper()
+
+    return stop
+
+
+def build_app(settings: Settings | None = None, *, migrate_first: bool = False) -> FastAPI:
+    """The app for one server process (uvicorn calls this once per worker process)."""
+    settings = settings or load_settings_or_exit()
+    configure_logging(settings)
+    ctx = prepare(settings) if migrate_first else ServiceContext.from_settings(settings)
+    services = Services.build(ctx)
+    starter = (lambda: start_workers(ctx)) if settings.run_workers else None
+    return create_app(services, start_workers=starter)
+
+
+def serve(host: str, port: int, workers: int = 1) -> None:
+    import uvicorn
+
+    settings = load_settings_or_exit()
+    configure_logging(settings)
+    prepare(settings).database.dispose()
+    log.info("IMS listening on http://%s:%s (database %s)", host, port, settings.effective_database_url)
+    if workers > 1:
+        uvicorn.run("ims.cli.serve:build_app", factory=True, host=host, port=port, workers=workers,
+                    log_level=settings.log_level.lower(), access_log=False)
+    else:
+        uvicorn.run(build_app(settings), host=host, port=port, log_level=settings.log_level.lower(),
+                    access_log=False)

@@ -1,0 +1,1 @@
+"""Records and rules of IMS, free of I/O."""

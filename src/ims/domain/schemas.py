@@ -1,0 +1,188 @@
+"""Input rules for every record, with the original's marshmallow messages kept verbatim."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from marshmallow import EXCLUDE, RAISE, Schema, ValidationError, fields, pre_load, validate
+
+from ims.domain.errors import NoInput, ValidationFailed
+from ims.domain.jobs import JOB_STATUSES, JOB_TYPES
+
+ARCHES = ("aarch64", "x86_64")
+RECIPE_TYPES = ("kiwi-ng", "packer")
+# sles12/sles15/centos7 are the original's; debian12 is ours, for the Debian recipe that ships with IMS.
+LINUX_DISTRIBUTIONS = ("sles12", "sles15", "centos7", "debian12")
+
+_blank_name = validate.Length(min=1, error="name field must not be blank")
+_arch = validate.OneOf(ARCHES)
+
+
+class ArtifactLinkSchema(Schema):
+    class Meta:
+        unknown = RAISE
+
+    path = fields.Str(required=True, validate=_blank_name)
+    etag = fields.Str(load_default="")
+    type = fields.Str(required=True, validate=validate.OneOf(["s3"], error="Type must be one of: s3."))
+
+
+class KeyValueSchema(Schema):
+    class Meta:
+        unknown = RAISE
+
+    key = fields.Str(required=True)
+    value = fields.Str(required=True)
+
+
+class PublicKeyInput(Schema):
+    class Meta:
+        unknown = RAISE
+
+    name = fields.Str(required=True, validate=_blank_name)
+    public_key = fields.Str(
+        required=True, validate=validate.Length(min=1, error="public_key field must not be blank")
+    )
+
+
+class RecipeInput(Schema):
+    class Meta:
+        unknown = RAISE
+
+    name = fields.Str(required=True, validate=_blank_name)
+    recipe_type = fields.Str(
+        required=True,
+        validate=validate.OneOf(RECIPE_TYPES, error="Recipe type must be one of: kiwi-ng, packer."),
+    )
+    linux_distribution = fields.Str(
+        required=True,
+        validate=validate.OneOf(
+            LINUX_DISTRIBUTIONS, error="Recipe type must be one of: " + ", ".join(LINUX_DISTRIBUTIONS) + "."
+        ),
+    )
+    link = fields.Nested(ArtifactLinkSchema, allow_none=True, load_default=None)
+    template_dictionary = fields.List(fields.Nested(KeyValueSchema), allow_none=True, load_default=list)
+    require_dkms = fields.Bool(load_default=True)
+    arch = fields.Str(load_default="x86_64", validate=_arch)
+
+
+class RecipePatch(Schema):
+    class Meta:
+        unknown = RAISE
+
+    link = fields.Nested(ArtifactLinkSchema)
+    arch = fields.Str(validate=_arch)
+    require_dkms = fields.Bool()
+    template_dictionary = fields.List(fields.Nested(KeyValueSchema))
+
+
+class ImageInput(Schema):
+    class Meta:
+        unknown = RAISE
+
+    name = fields.Str(required=True, validate=_blank_name)
+    link = fields.Nested(ArtifactLinkSchema, allow_none=True, load_default=None)
+    arch = fields.Str(load_default="x86_64", validate=_arch)
+    metadata = fields.Dict(keys=fields.Str(), values=fields.Str(), load_default=dict)
+
+    @pre_load
+    def _key_value_metadata(self, data: Any, **_: Any) -> Any:
+        # The original accepts `{key, value}` and stores it as `{key: value}`.
+        if isinstance(data, dict) and isinstance(data.get("metadata"), dict) and "key" in data["metadata"]:
+            meta = data["metadata"]
+            data = dict(data, metadata={meta["key"]: meta.get("value", "")})
+        return data
+
+
+class MetadataOperation(Schema):
+    class Meta:
+        unknown = RAISE
+
+    operation = fields.Str(required=True, validate=validate.OneOf(["set", "remove"]))
+    key = fields.Str(required=True)
+    value = fields.Str(load_default="")
+
+
+class ImagePatch(Schema):
+    class Meta:
+        unknown = RAISE
+
+    link = fields.Nested(ArtifactLinkSchema)
+    arch = fields.Str(validate=_arch)
+    metadata = fields.Nested(MetadataOperation)
+
+
+class UndeleteInput(Schema):
+    class Meta:
+        unknown = RAISE
+
+    operation = fields.Str(
+        required=True, validate=validate.OneOf(["undelete"], error="Recipe type must be one of: undelete.")
+    )
+
+
+class RemoteBuildNodeInput(Schema):
+    class Meta:
+        unknown = RAISE
+
+    xname = fields.Str(required=True, validate=_blank_name)
+
+
+class SshContainerInput(Schema):
+    class Meta:
+        unknown = RAISE
+
+    name = fields.Str()
+    jail = fields.Bool(load_default=False)
+
+
+_size_rule = validate.Range(min=1, error="build_env_size must be greater than or equal to 1")
+
+
+class JobInput(Schema):
+    class Meta:
+        unknown = RAISE
+
+    job_type = fields.Str(
+        required=True, validate=validate.OneOf(JOB_TYPES, error="Job type must be one of: create, customize.")
+    )
+    artifact_id = fields.UUID(required=True)
+    public_key_id = fields.UUID(required=True)
+    image_root_archive_name = fields.Str(required=True, validate=_blank_name)
+    enable_debug = fields.Bool(load_default=False)
+    build_env_size = fields.Int(validate=_size_rule)
+    job_mem_size = fields.Int(validate=_size_rule)
+    kernel_file_name = fields.Str(load_default="")
+    initrd_file_name = fields.Str(load_default="initrd", validate=validate.Length(min=1))
+    kernel_parameters_file_name = fields.Str(load_default="kernel-parameters", validate=validate.Length(min=1))
+    ssh_containers = fields.List(fields.Nested(SshContainerInput), allow_none=True, load_default=None)
+    require_dkms = fields.Bool(load_default=True)
+
+
+class JobPatch(Schema):
+    class Meta:
+        unknown = RAISE
+
+    status = fields.Str(
+        validate=validate.OneOf(JOB_STATUSES, error="Job state must be one of: " + ", ".join(JOB_STATUSES) + ".")
+    )
+    resultant_image_id = fields.UUID(allow_none=True)
+    # Ours: a readable reason for the status (set by the job's stages or the reconciler).
+    status_reason = fields.Str(allow_none=True)
+
+
+def load_input(schema: Schema, body: Any) -> dict[str, Any]:
+    """Validate a request body: a falsy body is 'No input provided', anything else goes to the schema."""
+    if not body:
+        raise NoInput()
+    try:
+        result: dict[str, Any] = schema.load(body)
+    except ValidationError as exc:
+        raise ValidationFailed(exc.messages) from None
+    return result
+
+
+def load_stored(schema: Schema, body: dict[str, Any]) -> dict[str, Any]:
+    """Load a record from an original data file: unknown fields dropped, defaults applied."""
+    result: dict[str, Any] = schema.load(body, unknown=EXCLUDE)
+    return result

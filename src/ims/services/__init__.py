@@ -1,0 +1,1 @@
+"""Use cases: create and patch records with link validation, soft delete, undelete, purge, jobs."""

@@ -1,0 +1,307 @@
+"""Public keys, recipes and images: create, patch, list, soft delete, undelete and purge.
+
+Record changes commit at once; S3 renames and deletions are queued as tasks in the same transaction.
+"""
+
+from __future__ import annotations
+
+import uuid
+from typing import Any
+
+from sqlalchemy import Connection
+
+from ims.domain import schemas
+from ims.domain.errors import Conflict, NotFound, Unprocessable
+from ims.domain.links import link_location
+from ims.domain.timeutil import format_timestamp, utcnow
+from ims.services.context import ServiceContext
+from ims.services.validation import check_link_unique, head_artifact, validate_image_link
+from ims.store import repository
+from ims.store.repository import RecordRepository
+from ims.tasks.queue import enqueue, has_unfinished
+
+KIND_PUBLIC_KEY = "public-key"
+KIND_RECIPE = "recipe"
+KIND_IMAGE = "image"
+
+_REPOS: dict[str, RecordRepository] = {
+    KIND_PUBLIC_KEY: repository.public_keys,
+    KIND_RECIPE: repository.recipes,
+    KIND_IMAGE: repository.images,
+}
+
+
+def resource_key(kind: str, record_id: str) -> str:
+    return f"{kind}:{record_id}"
+
+
+def _same_link(stored: dict[str, Any] | None, sent: dict[str, Any]) -> bool:
+    if stored is None:
+        return False
+    return all(stored.get(name, "") == sent.get(name, "") for name in ("path", "etag", "type"))
+
+
+class RecordService:
+    """The operations every kind shares; recipes and images add their S3 side."""
+
+    kind = KIND_PUBLIC_KEY
+
+    def __init__(self, ctx: ServiceContext) -> None:
+        self.ctx = ctx
+        self.repo = _REPOS[self.kind]
+
+    # --- reads
+    def list(self, *, deleted: bool = False, limit: int | None = None, offset: int = 0) -> list[dict[str, Any]]:
+        with self.ctx.database.read() as conn:
+            return self.repo.fetch(conn, deleted=deleted, limit=limit, offset=offset)
+
+    def get(self, record_id: str, *, deleted: bool = False) -> dict[str, Any]:
+        with self.ctx.database.read() as conn:
+            record = self.repo.get(conn, record_id, deleted=deleted)
+        if record is None:
+            raise NotFound()
+        return record
+
+    def _require(self, conn: Connection, record_id: str, *, deleted: bool = False) -> dict[str, Any]:
+        record = self.repo.get(conn, record_id, deleted=deleted)
+        if record is None:
+            raise NotFound()
+        return record
+
+    # --- deletes
+    def soft_delete(self, record_id: str) -> None:
+        with self.ctx.database.write() as conn:
+            record = self._require(conn, record_id)
+            self._soft_delete(conn, record)
+        self.ctx.notify_tasks()
+
+    def soft_delete_all(self) -> None:
+        with self.ctx.database.write() as conn:
+            for record in self.repo.fetch(conn):
+                self._soft_delete(conn, record)
+        self.ctx.notify_tasks()
+
+    def hard_delete(self, record_id: str, *, cascade: bool = True) -> None:
+        with self.ctx.database.write() as conn:
+            record = self._require(conn, record_id)
+            self._hard_delete(conn, record, cascade)
+        self.ctx.notify_tasks()
+
+    def hard_delete_all(self, *, cascade: bool = True) -> None:
+        with self.ctx.database.write() as conn:
+            for record in self.repo.fetch(conn):
+                self._hard_delete(conn, record, cascade)
+        self.ctx.notify_tasks()
+
+    def undelete(self, record_id: str) -> None:
+        with self.ctx.database.write() as conn:
+            record = self._require(conn, record_id, deleted=True)
+            self._undelete(conn, record)
+        self.ctx.notify_tasks()
+
+    def undelete_all(self) -> None:
+        # One transaction: any failure leaves every record where it was (the original left duplicates).
+        with self.ctx.database.write() as conn:
+            for record in self.repo.fetch(conn, deleted=True):
+                self._undelete(conn, record)
+        self.ctx.notify_tasks()
+
+    def purge(self, record_id: str) -> None:
+        with self.ctx.database.write() as conn:
+            record = self._require(conn, record_id, deleted=True)
+            self._purge(conn, record)
+        self.ctx.notify_tasks()
+
+    def purge_all(self) -> None:
+        with self.ctx.database.write() as conn:
+            for record in self.repo.fetch(conn, deleted=True):
+                self._purge(conn, record)
+        self.ctx.notify_tasks()
+
+    # --- hooks for kinds with artifacts
+    def _soft_delete(self, conn: Connection, record: dict[str, Any]) -> None:
+        record["deleted"] = format_timestamp(utcnow())
+        self.repo.save(conn, record)
+
+    def _hard_delete(self, conn: Connection, record: dict[str, Any], cascade: bool) -> None:
+        self.repo.remove(conn, record["id"])
+
+    def _undelete(self, conn: Connection, record: dict[str, Any]) -> None:
+        record.pop("deleted", None)
+        self.repo.save(conn, record)
+
+    def _purge(self, conn: Connection, record: dict[str, Any]) -> None:
+        self.repo.remove(conn, record["id"])
+
+    def _new_record(self, fields: dict[str, Any]) -> dict[str, Any]:
+        return {"id": str(uuid.uuid4()), "created": format_timestamp(utcnow()), **fields}
+
+
+class PublicKeyService(RecordService):
+    kind = KIND_PUBLIC_KEY
+
+    def create(self, body: Any) -> dict[str, Any]:
+        fields = schemas.load_input(schemas.PublicKeyInput(), body)
+        record = self._new_record({"name": fields["name"], "public_key": fields["public_key"]})
+        with self.ctx.database.write() as conn:
+            self.repo.insert(conn, record)
+        return record
+
+
+class RecipeService(RecordService):
+    kind = KIND_RECIPE
+
+    def create(self, body: Any) -> dict[str, Any]:
+        fields = schemas.load_input(schemas.RecipeInput(), body)
+        record = self._new_record(
+            {
+                "name": fields["name"],
+                "link": fields["link"],
+                "recipe_type": fields["recipe_type"],
+                "linux_distribution": fields["linux_distribution"],
+                "template_dictionary": fields["template_dictionary"],
+                "require_dkms": fields["require_dkms"],
+                "arch": fields["arch"],
+            }
+        )
+        with self.ctx.database.write() as conn:
+            if record["link"] is not None:
+                check_link_unique(conn, self.repo, "recipe", record["link"], None)
+                head_artifact(self.ctx, record["link"])
+            self.repo.insert(conn, record)
+        return record
+
+    def patch(self, record_id: str, body: Any) -> dict[str, Any]:
+        with self.ctx.database.write() as conn:
+            record = self._require(conn, record_id)
+            fields = schemas.load_input(schemas.RecipePatch(), body)
+            if "link" in fields:
+                link = fields.pop("link")
+                if not _same_link(record.get("link"), link):
+                    if record.get("link") is not None:
+                        raise Conflict()
+                    check_link_unique(conn, self.repo, "recipe", link, record_id)
+                    head_artifact(self.ctx, link)
+                    record["link"] = link
+            record.update(fields)
+            self.repo.save(conn, record)
+        return record
+
+    def _soft_delete(self, conn: Connection, record: dict[str, Any]) -> None:
+        link = record.get("link")
+        if link is not None:
+            moved = link_location(link).deleted()
+            record["link"] = {"path": moved.url, "etag": link.get("etag", ""), "type": link.get("type", "s3")}
+            enqueue(conn, "recipe.move", resource_key(self.kind, record["id"]),
+                    {"id": record["id"], "source": link["path"], "target": moved.url})
+        super()._soft_delete(conn, record)
+
+    def _undelete(self, conn: Connection, record: dict[str, Any]) -> None:
+        link = record.get("link")
+        if link is not None:
+            location = link_location(link)
+            restored = location.undeleted()
+            if restored is not None:
+                if not has_unfinished(conn, resource_key(self.kind, record["id"])):
+                    head_artifact(self.ctx, link)
+                record["link"] = {"path": restored.url, "etag": link.get("etag", ""), "type": link.get("type")}
+                enqueue(conn, "recipe.move", resource_key(self.kind, record["id"]),
+                        {"id": record["id"], "source": location.url, "target": restored.url})
+        super()._undelete(conn, record)
+
+    def _hard_delete(self, conn: Connection, record: dict[str, Any], cascade: bool) -> None:
+        if cascade and record.get("link") is not None:
+            enqueue(conn, "artifact.delete", resource_key(self.kind, record["id"]), {"path": record["link"]["path"]})
+        super()._hard_delete(conn, record, cascade)
+
+    def _purge(self, conn: Connection, record: dict[str, Any]) -> None:
+        if record.get("link") is not None:
+            enqueue(conn, "artifact.delete", resource_key(self.kind, record["id"]), {"path": record["link"]["path"]})
+        super()._purge(conn, record)
+
+
+class ImageService(RecordService):
+    kind = KIND_IMAGE
+
+    def create(self, body: Any) -> dict[str, Any]:
+        fields = schemas.load_input(schemas.ImageInput(), body)
+        record = self._new_record(
+            {"name": fields["name"], "link": fields["link"], "arch": fields["arch"], "metadata": fields["metadata"]}
+        )
+        with self.ctx.database.write() as conn:
+            if record["link"] is not None:
+                check_link_unique(conn, self.repo, "image", record["link"], None)
+                validate_image_link(self.ctx, record["link"])
+            self.repo.insert(conn, record)
+        return record
+
+    def patch(self, record_id: str, body: Any) -> dict[str, Any]:
+        with self.ctx.database.write() as conn:
+            record = self._require(conn, record_id)
+            fields = schemas.load_input(schemas.ImagePatch(), body)
+            if "link" in fields:
+                link = fields["link"]
+                if not _same_link(record.get("link"), link):
+                    if record.get("link") is not None:
+                        raise Conflict()
+                    check_link_unique(conn, self.repo, "image", link, record_id)
+                    validate_image_link(self.ctx, link)
+                    record["link"] = link
+            if "arch" in fields:
+                record["arch"] = fields["arch"]
+            if "metadata" in fields:
+                operation = fields["metadata"]
+                metadata = dict(record.get("metadata") or {})
+                if operation["operation"] == "set":
+                    metadata[operation["key"]] = operation["value"]
+                else:
+                    metadata.pop(operation["key"], None)
+                record["metadata"] = metadata
+            self.repo.save(conn, record)
+        return record
+
+    def _deleted_manifest_url(self, image_id: str) -> str:
+        return f"s3://{self.ctx.settings.s3_boot_images_bucket}/deleted/{image_id}/deleted_manifest.json"
+
+    def _soft_delete(self, conn: Connection, record: dict[str, Any]) -> None:
+        link = record.get("link")
+        if link is not None:
+            deleted_manifest = self._deleted_manifest_url(record["id"])
+            record["link"] = {"path": deleted_manifest, "etag": "", "type": link.get("type", "s3")}
+            enqueue(conn, "image.soft_delete", resource_key(self.kind, record["id"]),
+                    {"id": record["id"], "manifest": link["path"], "deleted_manifest": deleted_manifest,
+                     "deleted": format_timestamp(utcnow())})
+            super()._soft_delete(conn, record)
+            self.repo.set_columns(conn, record["id"], restore_link=link)
+            return
+        super()._soft_delete(conn, record)
+
+    def _undelete(self, conn: Connection, record: dict[str, Any]) -> None:
+        restore = self.repo.restore_link(conn, record["id"])
+        link = record.get("link")
+        if restore is not None and link is not None and link["path"] != restore.get("path"):
+            if (
+                not has_unfinished(conn, resource_key(self.kind, record["id"]))
+                and self.ctx.artifacts.head(link_location(link)) is None
+            ):
+                raise Unprocessable(
+                        f"Unable to read manifest file {link['path']}. Determine the specific information that is "
+                        "missing or invalid and then re-run the request with valid information."
+                    )
+            enqueue(conn, "image.undelete", resource_key(self.kind, record["id"]),
+                    {"id": record["id"], "deleted_manifest": link["path"]})
+            record["link"] = restore
+        super()._undelete(conn, record)
+        self.repo.set_columns(conn, record["id"], restore_link=None)
+
+    def _hard_delete(self, conn: Connection, record: dict[str, Any], cascade: bool) -> None:
+        if cascade and record.get("link") is not None:
+            enqueue(conn, "image.delete_artifacts", resource_key(self.kind, record["id"]),
+                    {"manifest": record["link"]["path"]})
+        super()._hard_delete(conn, record, cascade)
+
+    def _purge(self, conn: Connection, record: dict[str, Any]) -> None:
+        if record.get("link") is not None:
+            enqueue(conn, "image.delete_artifacts", resource_key(self.kind, record["id"]),
+                    {"manifest": record["link"]["path"]})
+        super()._purge(conn, record)

@@ -1,0 +1,125 @@
+"""One typed settings object, read from the environment.
+
+The original's variable names are kept verbatim (S3_*, DEFAULT_IMS_*, JOB_*); ours carry an IMS_ prefix.
+"""
+
+from __future__ import annotations
+
+import sys
+from functools import lru_cache
+from pathlib import Path
+from typing import Any
+
+from pydantic import AliasChoices, Field, ValidationError, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+_FALSE_WORDS = {"false", "off", "no", "f", "0", ""}
+_TRUE_WORDS = {"true", "1", "t"}
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="", case_sensitive=True, extra="ignore")
+
+    # --- ours
+    data_dir: Path = Field(default=Path("var/ims"), validation_alias="IMS_DATA_DIR")
+    database_url: str = Field(default="", validation_alias="IMS_DATABASE_URL")
+    host: str = Field(default="127.0.0.1", validation_alias="IMS_HOST")
+    port: int = Field(default=9100, ge=1, le=65535, validation_alias="IMS_PORT")
+    log_level: str = Field(default="INFO", validation_alias=AliasChoices("IMS_LOG_LEVEL", "LOG_LEVEL"))
+    max_body_bytes: int = Field(default=1024 * 1024, ge=1024, validation_alias="IMS_MAX_BODY_BYTES")
+    run_workers: bool = Field(default=True, validation_alias="IMS_RUN_WORKERS")
+    task_lease_seconds: float = Field(default=30.0, gt=0, validation_alias="IMS_TASK_LEASE_SECONDS")
+    task_poll_seconds: float = Field(default=0.5, gt=0, validation_alias="IMS_TASK_POLL_SECONDS")
+    job_heartbeat_timeout: float = Field(default=60.0, gt=0, validation_alias="IMS_JOB_HEARTBEAT_TIMEOUT")
+    job_user_wait_limit: float = Field(default=86400.0, gt=0, validation_alias="IMS_JOB_USER_WAIT_LIMIT")
+    job_runner: str = Field(default="local", validation_alias="IMS_JOB_RUNNER")
+    jobs_dir: Path | None = Field(default=None, validation_alias="IMS_JOBS_DIR")
+    ssh_host: str = Field(default="127.0.0.1", validation_alias="IMS_SSH_HOST")
+    squashfs_compressor: str = Field(default="zstd", validation_alias="IMS_SQUASHFS_COMPRESSOR")
+    ca_cert_file: Path | None = Field(default=None, validation_alias="IMS_CA_CERT_FILE")
+    api_url: str = Field(default="", validation_alias="IMS_API_URL")
+
+    # --- the original's names
+    s3_endpoint: str = Field(default="", validation_alias="S3_ENDPOINT")
+    s3_access_key: str = Field(default="", validation_alias="S3_ACCESS_KEY")
+    s3_secret_key: str = Field(default="", validation_alias="S3_SECRET_KEY")
+    s3_ssl_validate: bool | str = Field(default=False, validation_alias="S3_SSL_VALIDATE")
+    s3_ims_bucket: str = Field(default="ims", validation_alias="S3_IMS_BUCKET")
+    s3_boot_images_bucket: str = Field(default="boot-images", validation_alias="S3_BOOT_IMAGES_BUCKET")
+    s3_url_expiration: int = Field(default=432000, ge=1, validation_alias="S3_URL_EXPIRATION")
+    s3_connect_timeout: float = Field(default=60, gt=0, validation_alias="S3_CONNECT_TIMEOUT")
+    s3_read_timeout: float = Field(default=60, gt=0, validation_alias="S3_READ_TIMEOUT")
+    max_image_manifest_size_bytes: int = Field(
+        default=1048576, ge=1, validation_alias="MAX_IMAGE_MANIFEST_SIZE_BYTES"
+    )
+    default_ims_image_size: int = Field(default=60, ge=1, validation_alias="DEFAULT_IMS_IMAGE_SIZE")
+    default_ims_job_mem_size: int = Field(default=8, ge=1, validation_alias="DEFAULT_IMS_JOB_MEM_SIZE")
+    default_ims_job_namespace: str = Field(default="ims", validation_alias="DEFAULT_IMS_JOB_NAMESPACE")
+    default_ims_job_remote_timeout_count: int = Field(
+        default=12, ge=1, validation_alias="DEFAULT_IMS_JOB_REMOTE_TIMEOUT_COUNT"
+    )
+    job_customer_access_subnet_name: str = Field(default="cmn", validation_alias="JOB_CUSTOMER_ACCESS_SUBNET_NAME")
+    job_customer_access_network_domain: str = Field(
+        default="shasta.local", validation_alias="JOB_CUSTOMER_ACCESS_NETWORK_DOMAIN"
+    )
+    job_customer_access_network_access_pool: str = Field(
+        default="customer-management", validation_alias="JOB_CUSTOMER_ACCESS_NETWORK_ACCESS_POOL"
+    )
+    job_enable_dkms: str = Field(default="True", validation_alias="JOB_ENABLE_DKMS")
+    job_kata_runtime: str = Field(default="kata-qemu", validation_alias="JOB_KATA_RUNTIME")
+    job_aarch64_runtime: str = Field(default="kata-qemu", validation_alias="JOB_AARCH64_RUNTIME")
+
+    @field_validator("s3_ssl_validate", mode="before")
+    @classmethod
+    def _ssl_validate(cls, value: Any) -> bool | str:
+        # The original passes any non-false word straight to boto's `verify` (a CA bundle path works).
+        if isinstance(value, bool):
+            return value
+        text = str(value).strip()
+        if text.lower() in _FALSE_WORDS:
+            return False
+        if text.lower() in _TRUE_WORDS | {"yes", "on"}:
+            return True
+        return text
+
+    @field_validator("log_level")
+    @classmethod
+    def _log_level(cls, value: str) -> str:
+        level = value.upper()
+        if level not in {"DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"}:
+            raise ValueError(f"unknown log level {value!r}")
+        return level
+
+    @property
+    def dkms_enabled_globally(self) -> bool:
+        return self.job_enable_dkms.strip().lower() in _TRUE_WORDS
+
+    @property
+    def effective_database_url(self) -> str:
+        if self.database_url:
+            return self.database_url
+        return f"sqlite:///{(self.data_dir / 'ims.sqlite3').resolve()}"
+
+    @property
+    def effective_jobs_dir(self) -> Path:
+        return self.jobs_dir if self.jobs_dir is not None else self.data_dir / "jobs"
+
+
+def load_settings(**overrides: Any) -> Settings:
+    return Settings(**overrides)
+
+
+def load_settings_or_exit() -> Settings:
+    """Read settings; on a bad value print one clear line and stop."""
+    try:
+        return load_settings()
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        name = ".".join(str(part) for part in first.get("loc", ())) or "settings"
+        print(f"ims: invalid setting {name}: {first.get('msg')}", file=sys.stderr)
+        raise SystemExit(2) from None
+
+
+@lru_cache(maxsize=1)
+def cached_settings() -> Settings:
+    return load_settings_or_exit()

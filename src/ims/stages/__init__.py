@@ -1,0 +1,1 @@
+"""What runs inside a job, whoever launched it. Each stage reads only its environment and the job directory."""

@@ -1,0 +1,1 @@
+"""Records in a SQL database: SQLite (WAL) by default, PostgreSQL by URL."""

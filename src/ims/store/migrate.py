@@ -1,0 +1,38 @@
+"""Alembic migrations, run programmatically; replicas on PostgreSQL serialize on an advisory lock."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from alembic import command
+from alembic.config import Config
+from sqlalchemy import text
+
+from ims.store.db import Database
+
+_MIGRATIONS = Path(__file__).parent / "migrations"
+_LOCK_KEY = 0x494D53  # "IMS"
+
+
+def alembic_config(url: str) -> Config:
+    config = Config()
+    config.set_main_option("script_location", str(_MIGRATIONS))
+    config.set_main_option("sqlalchemy.url", url.replace("%", "%%"))
+    return config
+
+
+def upgrade(database: Database) -> None:
+    """Bring the schema to the newest revision; safe to call from several processes at once."""
+    with database.engine.connect() as conn:
+        if not database.is_sqlite:
+            conn.execute(text("SELECT pg_advisory_lock(:key)"), {"key": _LOCK_KEY})
+            conn.commit()
+        try:
+            config = alembic_config(database.url)
+            config.attributes["connection"] = conn
+            command.upgrade(config, "head")
+            conn.commit()
+        finally:
+            if not database.is_sqlite:
+                conn.execute(text("SELECT pg_advisory_unlock(:key)"), {"key": _LOCK_KEY})
+                conn.commit()

@@ -1,0 +1,130 @@
+"""Repositories: rows in, wire-shaped record dicts out. No rules here, only storage."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import Any
+
+from sqlalchemy import Connection, Table, delete, func, insert, select, update
+
+from ims.domain.timeutil import format_timestamp, parse_timestamp
+from ims.store import tables
+
+_COLUMNS = ("id", "created", "deleted", "data")
+
+
+class RecordRepository:
+    """Active and soft-deleted records of one kind live in one table, told apart by `deleted`."""
+
+    def __init__(self, table: Table, key: str = "id") -> None:
+        self.table = table
+        self.key = key
+        self.extra_columns = [c.name for c in table.columns if c.name not in _COLUMNS]
+
+    # --- mapping
+    def to_record(self, row: Any) -> dict[str, Any]:
+        record = dict(row.data)
+        record[self.key] = row.id
+        record["created"] = format_timestamp(row.created)
+        if row.deleted is not None:
+            record["deleted"] = format_timestamp(row.deleted)
+        return record
+
+    def _values(self, record: dict[str, Any]) -> dict[str, Any]:
+        data = {k: v for k, v in record.items() if k not in (self.key, "created", "deleted")}
+        deleted = record.get("deleted")
+        values: dict[str, Any] = {
+            "id": record[self.key],
+            "created": parse_timestamp(record["created"]),
+            "deleted": parse_timestamp(deleted) if deleted else None,
+            "data": data,
+        }
+        if "link_path" in self.extra_columns:
+            link = record.get("link")
+            values["link_path"] = link.get("path") if isinstance(link, dict) else None
+        if "status" in self.extra_columns:
+            values["status"] = record.get("status", "creating")
+        if "job_type" in self.extra_columns:
+            values["job_type"] = record.get("job_type", "")
+        return values
+
+    # --- queries
+    def get(self, conn: Connection, record_id: str, *, deleted: bool = False) -> dict[str, Any] | None:
+        row = conn.execute(self._select(deleted).where(self.table.c.id == record_id)).first()
+        return self.to_record(row) if row is not None else None
+
+    def get_any(self, conn: Connection, record_id: str) -> dict[str, Any] | None:
+        row = conn.execute(select(self.table).where(self.table.c.id == record_id)).first()
+        return self.to_record(row) if row is not None else None
+
+    def fetch(
+        self,
+        conn: Connection,
+        *,
+        deleted: bool = False,
+        limit: int | None = None,
+        offset: int = 0,
+        where: Iterable[Any] = (),
+    ) -> list[dict[str, Any]]:
+        query = self._select(deleted)
+        for clause in where:
+            query = query.where(clause)
+        query = query.order_by(self.table.c.created, self.table.c.id).offset(offset)
+        if limit is not None:
+            query = query.limit(limit)
+        return [self.to_record(row) for row in conn.execute(query)]
+
+    def count(self, conn: Connection, *, deleted: bool = False) -> int:
+        column = self.table.c.deleted
+        condition = column.is_not(None) if deleted else column.is_(None)
+        return int(conn.execute(select(func.count()).select_from(self.table).where(condition)).scalar_one())
+
+    def ids(self, conn: Connection, *, deleted: bool = False, where: Iterable[Any] = ()) -> list[str]:
+        column = self.table.c.deleted
+        query = select(self.table.c.id).where(column.is_not(None) if deleted else column.is_(None))
+        for clause in where:
+            query = query.where(clause)
+        return [row.id for row in conn.execute(query.order_by(self.table.c.created, self.table.c.id))]
+
+    def find_link_user(self, conn: Connection, path: str, exclude_id: str | None = None) -> str | None:
+        """The id of an active record whose link has this path."""
+        query = select(self.table.c.id).where(self.table.c.link_path == path, self.table.c.deleted.is_(None))
+        if exclude_id is not None:
+            query = query.where(self.table.c.id != exclude_id)
+        row = conn.execute(query.limit(1)).first()
+        return row.id if row is not None else None
+
+    def restore_link(self, conn: Connection, record_id: str) -> dict[str, Any] | None:
+        row = conn.execute(select(self.table.c.restore_link).where(self.table.c.id == record_id)).first()
+        return row.restore_link if row is not None else None
+
+    # --- changes
+    def insert(self, conn: Connection, record: dict[str, Any], **extra: Any) -> None:
+        values = self._values(record)
+        values.update(extra)
+        conn.execute(insert(self.table).values(**values))
+
+    def save(self, conn: Connection, record: dict[str, Any], **extra: Any) -> None:
+        """Write back a whole record (its `deleted` member decides whether it is active)."""
+        values = self._values(record)
+        values.update(extra)
+        conn.execute(update(self.table).where(self.table.c.id == record[self.key]).values(**values))
+
+    def set_columns(self, conn: Connection, record_id: str, **values: Any) -> None:
+        conn.execute(update(self.table).where(self.table.c.id == record_id).values(**values))
+
+    def remove(self, conn: Connection, record_id: str) -> None:
+        conn.execute(delete(self.table).where(self.table.c.id == record_id))
+
+    def _select(self, deleted: bool) -> Any:
+        column = self.table.c.deleted
+        return select(*[self.table.c[name] for name in _COLUMNS]).where(
+            column.is_not(None) if deleted else column.is_(None)
+        )
+
+
+public_keys = RecordRepository(tables.public_keys)
+recipes = RecordRepository(tables.recipes)
+images = RecordRepository(tables.images)
+jobs = RecordRepository(tables.jobs)
+remote_build_nodes = RecordRepository(tables.remote_build_nodes, key="xname")

@@ -1,0 +1,59 @@
+"""Tables. Each record keeps its wire body in `data`; columns hold what is queried or constrained."""
+
+from __future__ import annotations
+
+from sqlalchemy import JSON, Column, DateTime, Integer, MetaData, String, Table, Text
+from sqlalchemy.dialects.postgresql import JSONB
+
+metadata = MetaData()
+
+JsonType = JSON().with_variant(JSONB(), "postgresql")
+
+
+def _record_table(name: str, *extra: Column) -> Table:  # type: ignore[type-arg]
+    return Table(
+        name,
+        metadata,
+        Column("id", String(128), primary_key=True),
+        Column("created", DateTime, nullable=False, index=True),
+        # NULL while active; the time of the soft delete otherwise.
+        Column("deleted", DateTime, nullable=True, index=True),
+        Column("data", JsonType, nullable=False),
+        *extra,
+    )
+
+
+public_keys = _record_table("public_keys")
+recipes = _record_table(
+    "recipes",
+    Column("link_path", Text, nullable=True, index=True),
+    Column("restore_link", JsonType, nullable=True),
+)
+images = _record_table(
+    "images",
+    Column("link_path", Text, nullable=True, index=True),
+    Column("restore_link", JsonType, nullable=True),
+)
+jobs = _record_table(
+    "jobs",
+    Column("status", String(32), nullable=False, index=True),
+    Column("job_type", String(16), nullable=False),
+)
+remote_build_nodes = _record_table("remote_build_nodes")
+
+tasks = Table(
+    "tasks",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("kind", String(64), nullable=False),
+    # Tasks on the same resource run one at a time, in the order they were queued.
+    Column("resource", String(200), nullable=False, index=True),
+    Column("payload", JsonType, nullable=False),
+    Column("state", String(16), nullable=False, index=True),  # pending, running, done, failed
+    Column("attempts", Integer, nullable=False, default=0),
+    Column("lease_owner", String(128), nullable=True),
+    Column("lease_until", DateTime, nullable=True),
+    Column("created", DateTime, nullable=False),
+    Column("updated", DateTime, nullable=False),
+    Column("last_error", Text, nullable=True),
+)

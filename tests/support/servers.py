@@ -1,0 +1,119 @@
+"""Servers the tests start themselves: IMS (`ims serve`) and a throw-away PostgreSQL cluster."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import httpx
+
+from ims.embedded.ports import free_port, wait_for_port
+
+PG_BIN = Path("/usr/lib/postgresql/15/bin")
+
+
+@dataclass
+class ImsServer:
+    url: str
+    env: dict[str, str]
+    data_dir: Path
+    process: subprocess.Popen[bytes] | None = None
+    log_path: Path = field(default_factory=Path)
+
+    def stop(self) -> None:
+        if self.process is None or self.process.poll() is not None:
+            return
+        os.killpg(self.process.pid, signal.SIGTERM)
+        try:
+            self.process.wait(20)
+        except subprocess.TimeoutExpired:
+            os.killpg(self.process.pid, signal.SIGKILL)
+            self.process.wait(5)
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+
+
+def start_ims_server(
+    data_dir: Path, s3_env: dict[str, str], extra_env: dict[str, str] | None = None, args: list[str] | None = None
+) -> ImsServer:
+    port = free_port()
+    data_dir.mkdir(parents=True, exist_ok=True)
+    env = dict(os.environ)
+    env.update(s3_env)
+    env.update({"IMS_DATA_DIR": str(data_dir), "IMS_LOG_LEVEL": "INFO"})
+    env.update(extra_env or {})
+    log_path = data_dir / "server.log"
+    with log_path.open("ab") as log:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "ims", "serve", "--host", "127.0.0.1", "--port", str(port), *(args or [])],
+            env=env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            start_new_session=True,
+        )
+    server = ImsServer(f"http://127.0.0.1:{port}", env, data_dir, process, log_path)
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise RuntimeError(f"ims serve exited with {process.returncode}:\n{server.log()}")
+        try:
+            if httpx.get(f"{server.url}/healthz/ready", timeout=2).status_code == 200:
+                return server
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.1)
+    server.stop()
+    raise RuntimeError(f"ims serve did not become ready:\n{server.log()}")
+
+
+@dataclass
+class PostgresCluster:
+    base: Path
+    port: int
+
+    @property
+    def url(self) -> str:
+        return f"postgresql+psycopg://postgres@127.0.0.1:{self.port}/postgres"
+
+    def database_url(self, name: str) -> str:
+        return f"postgresql+psycopg://postgres@127.0.0.1:{self.port}/{name}"
+
+    def create_database(self, name: str) -> str:
+        import psycopg
+
+        with psycopg.connect(f"host=127.0.0.1 port={self.port} user=postgres dbname=postgres", autocommit=True) as c:
+            c.execute(f'CREATE DATABASE "{name}"')
+        return self.database_url(name)
+
+    def _as_postgres(self, argv: list[str]) -> subprocess.CompletedProcess[bytes]:
+        if os.geteuid() == 0:
+            argv = ["setpriv", "--reuid=postgres", "--regid=postgres", "--init-groups", *argv]
+        return subprocess.run(argv, check=True, capture_output=True, cwd="/")
+
+    @classmethod
+    def start(cls, base: Path) -> PostgresCluster:
+        if not (PG_BIN / "initdb").exists():
+            raise RuntimeError("PostgreSQL 15 server binaries are not installed")
+        base.mkdir(parents=True, exist_ok=True)
+        cluster = cls(base, free_port())
+        if os.geteuid() == 0:
+            shutil.chown(base, "postgres", "postgres")
+        cluster._as_postgres([str(PG_BIN / "initdb"), "-D", str(base / "data"), "-A", "trust", "-U", "postgres"])
+        options = f"-c listen_addresses=127.0.0.1 -p {cluster.port} -k {base} -c fsync=off -c max_connections=200"
+        cluster._as_postgres(
+            [str(PG_BIN / "pg_ctl"), "-D", str(base / "data"), "-l", str(base / "log"), "-o", options, "-w", "start"]
+        )
+        if not wait_for_port("127.0.0.1", cluster.port, 30):
+            raise RuntimeError("PostgreSQL did not start")
+        return cluster
+
+    def stop(self) -> None:
+        self._as_postgres([str(PG_BIN / "pg_ctl"), "-D", str(self.base / "data"), "-m", "fast", "-w", "stop"])
