@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import typer
 
 from ims.cli import data_commands
@@ -25,6 +27,42 @@ def serve(
 
     settings = load_settings_or_exit()
     run(host or settings.host, port or settings.port, workers)
+
+
+dev_app = typer.Typer(help="The embedded default: SeaweedFS S3 + SQLite + local jobs on this machine.")
+app.add_typer(dev_app, name="dev")
+
+_DEFAULT_DATA = Path("var/ims")
+
+
+@dev_app.command("up")
+def dev_up(
+    host: str = typer.Option("127.0.0.1", help="Listen address of the API."),
+    port: int = typer.Option(9100, help="Port of the API."),
+    data_dir: Path = typer.Option(_DEFAULT_DATA, envvar="IMS_DATA_DIR", help="Where records, S3 data and jobs live."),
+    s3_port: int = typer.Option(8333, help="Port of the SeaweedFS S3 gateway on 127.0.0.1."),
+) -> None:
+    """Start SeaweedFS and IMS in the foreground; Ctrl-C stops both.
+
+    Example: ims dev up --port 9100
+    """
+    from ims.cli.dev import run_dev_stack
+
+    run_dev_stack(host, port, data_dir, s3_port)
+
+
+@dev_app.command("env")
+def dev_env(
+    data_dir: Path = typer.Option(_DEFAULT_DATA, envvar="IMS_DATA_DIR", help="The data directory of `ims dev up`."),
+    s3_port: int = typer.Option(8333, help="Port of the SeaweedFS S3 gateway."),
+) -> None:
+    """Print the S3 settings of the embedded stack as shell exports.
+
+    Example: eval $(ims dev env)
+    """
+    from ims.cli.dev import print_env
+
+    print_env(data_dir, s3_port)
 
 
 def main() -> None:

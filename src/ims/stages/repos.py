@@ -13,18 +13,22 @@ failed such recipes, which looks accidental.
 from __future__ import annotations
 
 import logging
+import ssl
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 
 import httpx
 
-from ims.stages.kiwi_config import Repository
+from ims.stages.create_env import DEFAULT_INTERVAL, DEFAULT_TIMEOUT, CreateSettings
+from ims.stages.environment import JobEnvironment
+from ims.stages.kiwi_config import DescriptionError, Repository, read_description
+from ims.stages.recipe_fetch import recipe_dir
+from ims.stages.reporting import Reporter, StageError
 
 log = logging.getLogger(__name__)
 
-DEFAULT_TIMEOUT = 500.0
-DEFAULT_INTERVAL = 10.0
 REQUEST_TIMEOUT = 10.0
 
 
@@ -64,12 +68,13 @@ def probe_for(repository: Repository) -> RepoProbe | None:
     return RepoProbe(repository, urls)
 
 
-def probes_for(repositories: list[Repository]) -> list[RepoProbe]:
+def probes_for(repositories: list[Repository], say: Callable[[str], None] | None = None) -> list[RepoProbe]:
+    say = say or log.info
     probes = []
     for repository in repositories:
         probe = probe_for(repository)
         if probe is None:
-            log.info("repository %s (%s) is not remote; not probed", repository.alias or "-", repository.path)
+            say(f"repository {repository.alias or '-'} ({repository.path}) is not remote; not probed")
         else:
             probes.append(probe)
     return probes
@@ -94,25 +99,56 @@ def wait_for_repositories(
     timeout: float = DEFAULT_TIMEOUT,
     interval: float = DEFAULT_INTERVAL,
     request_timeout: float = REQUEST_TIMEOUT,
-    verify: bool | str = True,
+    verify: bool | ssl.SSLContext = True,
     sleep: Callable[[float], None] = time.sleep,
+    say: Callable[[str], None] | None = None,
 ) -> None:
     """Probe until every repository answered once; raise ReposUnavailable after `timeout` seconds."""
+    say = say or log.info
     pending = list(probes)
     started = time.monotonic()
     with httpx.Client(timeout=request_timeout, verify=verify, follow_redirects=True) as http:
         while True:
             pending = [probe for probe in pending if not any(_answers(http, url) for url in probe.urls)]
             if not pending:
-                log.info("all %d remote repositories answer", len(probes))
+                say(f"all {len(probes)} remote repositories answer")
                 return
             waited = time.monotonic() - started
             if waited + interval > timeout:
                 raise ReposUnavailable(pending, waited)
-            log.info(
-                "waiting for %d repositories (%.0f s so far): %s",
-                len(pending),
-                waited,
-                ", ".join(probe.repository.path for probe in pending),
-            )
+            names = ", ".join(probe.repository.path for probe in pending)
+            say(f"waiting for {len(pending)} repositories ({waited:.0f} s so far): {names}")
             sleep(interval)
+
+
+def tls_context(extra_ca: str) -> ssl.SSLContext:
+    """The system trust store plus the cluster CA when there is one: repositories may be public or local."""
+    context = ssl.create_default_context()
+    if extra_ca and Path(extra_ca).is_file():
+        context.load_verify_locations(cafile=extra_ca)
+    return context
+
+
+def wait_for_repos(env: JobEnvironment, reporter: Reporter, settings: CreateSettings | None = None) -> None:
+    """The stage: status `waiting_for_repos`, then wait for every remote repository of the recipe."""
+    settings = settings or CreateSettings.from_env()
+    reporter.status("waiting_for_repos")
+    try:
+        description = read_description(recipe_dir(env))
+    except DescriptionError as exc:
+        raise StageError(str(exc)) from exc
+    probes = probes_for(description.repositories, reporter.say)
+    if not probes:
+        reporter.say("the recipe has no remote repositories to wait for")
+        return
+    verify = tls_context(env.ca_cert)
+    try:
+        wait_for_repositories(
+            probes,
+            timeout=settings.repos_timeout,
+            interval=settings.repos_interval,
+            verify=verify,
+            say=reporter.say,
+        )
+    except ReposUnavailable as exc:
+        raise StageError(str(exc)) from exc

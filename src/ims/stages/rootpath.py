@@ -38,7 +38,7 @@ def resolve_in_root(root: Path, relative: str | PurePosixPath) -> Path:
         candidate = root.joinpath(*resolved, part)
         try:
             info = os.lstat(candidate)
-        except FileNotFoundError:
+        except (FileNotFoundError, NotADirectoryError):
             resolved.append(part)
             continue
         if not stat.S_ISLNK(info.st_mode):
@@ -59,7 +59,7 @@ def regular_file_in_root(root: Path, relative: str) -> Path:
     path = resolve_in_root(root, relative)
     try:
         info = os.lstat(path)
-    except FileNotFoundError as exc:
+    except (FileNotFoundError, NotADirectoryError) as exc:
         raise UnsafePath(f"/{relative} does not exist in the image") from exc
     if not stat.S_ISREG(info.st_mode):
         raise UnsafePath(f"/{relative} is not a regular file in the image")

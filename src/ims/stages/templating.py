@@ -23,7 +23,7 @@ import json
 import logging
 import os
 import tempfile
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -123,12 +123,19 @@ def _replace_keeping_mode(path: Path, text: str) -> None:
         raise
 
 
-def render_recipe(recipe_dir: Path, values: Mapping[str, Any], *, strict: bool = False) -> list[Path]:
-    """Apply the recipe's templating in place; return the files rendered."""
+def render_recipe(
+    recipe_dir: Path,
+    values: Mapping[str, Any],
+    *,
+    strict: bool = False,
+    warn: Callable[[str], None] | None = None,
+) -> list[Path]:
+    """Apply the recipe's templating in place; return the files rendered. Warnings go to `warn`."""
+    warn = warn or log.warning
     files = listed_template_files(recipe_dir)
     if files is None:
         if values:
-            log.warning("template dictionary given but the recipe has no %s; nothing templated", TEMPLATE_CONFIG)
+            warn(f"warning: template dictionary given but the recipe has no {TEMPLATE_CONFIG}; nothing templated")
         return []
     if not files:
         return []
@@ -144,13 +151,12 @@ def render_recipe(recipe_dir: Path, values: Mapping[str, Any], *, strict: bool =
             source = path.read_text()
             missing = sorted(meta.find_undeclared_variables(env.parse(source)) - set(values))
             if missing:
-                log.warning("template %s uses variables missing from the template dictionary: %s",
-                            name, ", ".join(missing))
+                warn(f"warning: template {name} uses variables missing from the template dictionary: "
+                     + ", ".join(missing))
             rendered = env.from_string(source).render(dict(values))
         except UnicodeDecodeError as error:
             raise TemplatingError(f"template file {name!r} is not text: {error}") from error
         except jinja2.TemplateError as error:
             raise TemplatingError(f"template file {name!r}: {error}") from error
         _replace_keeping_mode(path, rendered)
-        log.info("rendered template %s", name)
     return files

@@ -1,0 +1,57 @@
+"""Give the image the host's DNS while a user works in it, and put the image's own file back afterwards.
+
+Images often carry a resolv.conf that only works on a booted node (a systemd-resolved stub link);
+package installs inside the jail need working DNS.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import stat
+from pathlib import Path
+
+from ims.stages.rootpath import resolve_in_root
+
+HOST_RESOLV = Path("/etc/resolv.conf")
+
+
+class ResolvSwap:
+    def __init__(self, image_root: Path, keep_dir: Path) -> None:
+        self.target = resolve_in_root(image_root, "etc") / "resolv.conf"
+        self.saved = keep_dir / "resolv.conf.image"
+        self.had_original = False
+        self.active = False
+
+    def swap_in(self) -> bool:
+        """Returns False when there is nothing to do (no host file, or no /etc in the image)."""
+        if not HOST_RESOLV.is_file() or not self.target.parent.is_dir() or self.target.parent.is_symlink():
+            return False
+        self.saved.unlink(missing_ok=True)
+        if os.path.lexists(self.target):
+            if stat.S_ISDIR(os.lstat(self.target).st_mode):
+                return False
+            _move(self.target, self.saved)
+            self.had_original = True
+        self.target.write_bytes(HOST_RESOLV.read_bytes())
+        self.target.chmod(0o644)
+        self.active = True
+        return True
+
+    def restore(self) -> None:
+        if not self.active:
+            return
+        if os.path.lexists(self.target) and not stat.S_ISDIR(os.lstat(self.target).st_mode):
+            self.target.unlink()
+        if self.had_original:
+            _move(self.saved, self.target)
+        self.active = False
+
+
+def _move(source: Path, target: Path) -> None:
+    """Rename, or copy the entry itself (a symlink stays a symlink) when they are on different file systems."""
+    try:
+        os.rename(source, target)
+    except OSError:
+        shutil.copy2(source, target, follow_symlinks=False)
+        source.unlink()

@@ -1,0 +1,63 @@
+"""Customize stage 2: an SSH environment for the user (or CFS), until it says `complete` or `failed`."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from ims.stages.environment import JobEnvironment
+from ims.stages.reporting import Reporter, StageError
+from ims.stages.resolv import ResolvSwap
+from ims.stages.signals import SignalPlaces, Verdict
+from ims.stages.sshd import JAIL_MOUNT_POINT, SshdFiles, SshServer, chroot_safe, write_keys
+
+
+def _prepare_jail(image_root: Path) -> tuple[Path | None, Path]:
+    """Return (bind source or None, ChrootDirectory path) for a jailed session."""
+    # The original chowns the image root as well: sshd refuses a jail that is not root's alone.
+    os.chown(image_root, 0, 0)
+    image_root.chmod(image_root.stat().st_mode & 0o755)
+    if chroot_safe(image_root):
+        return None, image_root
+    return image_root, JAIL_MOUNT_POINT
+
+
+def signal_places(env: JobEnvironment) -> SignalPlaces:
+    return SignalPlaces(env.image_root_parent, env.image_root if env.ssh_jail else None)
+
+
+def sshenv(env: JobEnvironment, reporter: Reporter) -> Verdict:
+    """Serve SSH until the user's verdict; sshd is gone and the flags are cleared when this returns."""
+    if not env.image_root.is_dir():
+        raise StageError(f"no image root at {env.image_root}; run prepare first")
+    files = SshdFiles(env.sshd_dir)
+    write_keys(files, env.public_key)
+    bind_source, chroot = _prepare_jail(env.image_root) if env.ssh_jail else (None, None)
+    places = signal_places(env)
+    places.clear()
+    resolv = ResolvSwap(env.image_root, files.directory)
+    if resolv.swap_in():
+        reporter.say("the image uses the host's resolv.conf while the SSH environment is up")
+    server = SshServer(env, files, bind_source, chroot)
+    try:
+        server.start()
+        took = server.wait_ready()
+        mode = f"jailed in {env.image_root}" if env.ssh_jail else "full shell"
+        reporter.say(f"sshd answers on {env.ssh_listen}:{env.ssh_port} after {took:.2f} s ({mode})")
+        where = "/tmp" if env.ssh_jail else str(env.image_root_parent)
+        reporter.say(
+            f"connect: ssh -p {env.ssh_port} root@{env.ssh_listen}; when done, touch {where}/complete "
+            f"(or {where}/failed to discard the changes)"
+        )
+        reporter.status("waiting_on_user")
+        verdict = places.wait(env.poll_seconds, env.user_wait_limit, server.running)
+        reporter.say(f"user verdict: {verdict.value}")
+        if verdict is Verdict.SERVER_GONE:
+            raise StageError(f"sshd exited while waiting for the user: {server.log_tail()}")
+        if verdict is Verdict.TIMED_OUT:
+            raise StageError(f"no complete or failed signal within {env.user_wait_limit:g} s")
+        return verdict
+    finally:
+        server.stop()
+        resolv.restore()
+        places.clear()
