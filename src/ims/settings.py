@@ -17,6 +17,18 @@ _FALSE_WORDS = {"false", "off", "no", "f", "0", ""}
 _TRUE_WORDS = {"true", "1", "t"}
 
 
+def parse_ssl_validate(value: Any) -> bool | str:
+    """S3_SSL_VALIDATE: a true/false word, or (as the original allows) a CA bundle path handed to boto."""
+    if isinstance(value, bool):
+        return value
+    text = str(value).strip()
+    if text.lower() in _FALSE_WORDS:
+        return False
+    if text.lower() in _TRUE_WORDS | {"yes", "on"}:
+        return True
+    return text
+
+
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="", case_sensitive=True, extra="ignore")
 
@@ -72,15 +84,7 @@ class Settings(BaseSettings):
     @field_validator("s3_ssl_validate", mode="before")
     @classmethod
     def _ssl_validate(cls, value: Any) -> bool | str:
-        # The original passes any non-false word straight to boto's `verify` (a CA bundle path works).
-        if isinstance(value, bool):
-            return value
-        text = str(value).strip()
-        if text.lower() in _FALSE_WORDS:
-            return False
-        if text.lower() in _TRUE_WORDS | {"yes", "on"}:
-            return True
-        return text
+        return parse_ssl_validate(value)
 
     @field_validator("log_level")
     @classmethod

@@ -159,7 +159,6 @@ def _openapi(app: FastAPI) -> dict[str, Any]:
         routes=app.routes,
         servers=[{"url": "/apis/ims", "description": "Behind the API gateway"}, {"url": "/", "description": "Direct"}],
     )
-    schema.setdefault("components", {}).setdefault("schemas", {}).update(docs.documented_schemas())
     schema["info"]["license"] = {"name": "MIT", "identifier": "MIT"}
-    app.openapi_schema = schema
+    app.openapi_schema = docs.finish(schema)
     return schema

@@ -180,27 +180,46 @@ class JobRecord(BaseModel):
     image_root_archive_name: str
     enable_debug: bool
     build_env_size: int
-    job_mem_size: int
+    job_mem_size: int = Field(description="Memory limit of the job in GiB (the original's spec left it out).")
     kernel_file_name: str
     initrd_file_name: str
-    kernel_parameters_file_name: str
+    kernel_parameters_file_name: str = Field(
+        description="Name of the kernel parameters file the job writes (the original's spec left it out)."
+    )
     ssh_containers: list[SshContainer] | None
     require_dkms: bool
-    status: JobStatus
+    status: JobStatus = Field(description="Includes `packaging_artifacts`, which the original's spec left out.")
     status_reason: str | None = Field(default=None, description="Ours: why the job is in its status.")
     arch: Arch
     resultant_image_id: str | None
     kubernetes_job: str | None
     kubernetes_service: str | None
     kubernetes_configmap: str | None
-    kubernetes_pvc: str | None
-    kubernetes_secret: str | None
+    kubernetes_pvc: str | None = Field(description="`cray-ims-<id>-job-claim` (the original's spec left it out).")
+    kubernetes_secret: str | None = Field(
+        description="`cray-ims-<id>-signing-keys`, or null when the keys were not copied (left out of the original's spec)."
+    )
     kubernetes_namespace: str | None
-    remote_build_node: str = ""
+    remote_build_node: str = Field(
+        default="", description="Xname of the remote build node running the job, or empty (left out of the original's spec)."
+    )
 
 
 class Version(BaseModel):
     version: str
+
+
+class Empty(BaseModel):
+    """The liveness and readiness answer: `{}`."""
+
+    model_config = ConfigDict(extra="forbid")
+
+
+class Readiness(BaseModel):
+    """Which dependency is down, when /healthz/ready answers 503."""
+
+    database: bool
+    s3: bool
 
 
 class Problem(BaseModel):

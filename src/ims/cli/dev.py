@@ -30,7 +30,9 @@ def run_dev_stack(host: str, port: int, data_dir: Path, s3_port: int) -> None:
 
     data_dir = data_dir.resolve()
     access, secret = _credentials(data_dir)
-    seaweed = SeaweedFS(data_dir / "seaweedfs", access_key=access, secret_key=secret, s3_port=s3_port)
+    seaweed = SeaweedFS(
+        data_dir / "seaweedfs", access_key=access, secret_key=secret, s3_port=s3_port, die_with_parent=True
+    )
     seaweed.start()
     os.environ.update(
         {

@@ -33,13 +33,19 @@ def configure_logging(settings: Settings) -> None:
     )
 
 
+def _one_line(exc: BaseException) -> str:
+    cause = getattr(exc, "orig", None) or exc
+    text = str(cause).strip().splitlines()
+    return text[0] if text else type(cause).__name__
+
+
 def prepare(settings: Settings, *, wait_for_s3: float = 30.0) -> ServiceContext:
     """Migrate the database and make sure the buckets exist; stop with one clear line if either fails."""
     ctx = ServiceContext.from_settings(settings)
     try:
         migrate.upgrade(ctx.database)
     except Exception as exc:
-        raise SystemExit(f"ims: the database at {ctx.database.engine.url!r} is not usable: {exc}") from None
+        raise SystemExit(f"ims: the database at {ctx.database.engine.url!r} is not usable: {_one_line(exc)}") from None
     deadline = time.monotonic() + wait_for_s3
     while True:
         try:
@@ -47,7 +53,8 @@ def prepare(settings: Settings, *, wait_for_s3: float = 30.0) -> ServiceContext:
             break
         except Exception as exc:
             if time.monotonic() > deadline:
-                raise SystemExit(f"ims: S3 at {settings.s3_endpoint or '(none)'} is not usable: {exc}") from None
+                endpoint = settings.s3_endpoint or "(none)"
+                raise SystemExit(f"ims: S3 at {endpoint} is not usable: {_one_line(exc)}") from None
             time.sleep(0.5)
     return ctx
 

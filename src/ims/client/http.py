@@ -7,7 +7,8 @@ re-send a POST whose request may already have reached the server, so a retry can
 from __future__ import annotations
 
 import time
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -104,6 +105,25 @@ class ImsClient:
                 attempt += 1
                 continue
             return _decode(response, method, path)
+
+    @contextmanager
+    def stream(
+        self, method: str, path: str, *, params: Mapping[str, Any] | None = None, read_timeout: float | None = None
+    ) -> Iterator[httpx.Response]:
+        """Open a streamed response (no retries: a stream cannot be replayed); errors become ImsApiError.
+
+        By default there is no read timeout: a followed log may stay quiet for as long as a build step runs.
+        """
+        method = method.upper()
+        timeout = httpx.Timeout(self.timeout, read=read_timeout)
+        try:
+            with self._http.stream(method, path, params=params, timeout=timeout) as response:
+                if not response.is_success:
+                    response.read()
+                    _decode(response, method, path)
+                yield response
+        except httpx.TransportError as exc:
+            raise ImsApiError(0, f"cannot reach IMS: {exc}", method=method, url=path) from exc
 
     def _may_retry_transport(self, method: str, exc: httpx.TransportError, attempt: int) -> bool:
         if attempt + 1 >= self.retry.attempts:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ctypes
 import json
 import os
 import shutil
@@ -13,6 +14,12 @@ from pathlib import Path
 
 from ims.artifacts.s3 import ArtifactStore, S3Config
 from ims.embedded.ports import free_port, wait_for_port
+
+
+def _terminate_with_parent() -> None:
+    """Ask the kernel to SIGTERM the child when its parent dies (uvicorn re-raises SIGTERM on exit)."""
+    libc = ctypes.CDLL("libc.so.6", use_errno=True)
+    libc.prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
 
 
 def weed_binary() -> str:
@@ -32,11 +39,13 @@ class SeaweedFS:
         access_key: str = "IMSLOCALKEY",
         secret_key: str = "IMSLOCALSECRET",  # noqa: S107 - a loopback-only development credential
         s3_port: int | None = None,
+        die_with_parent: bool = False,
     ) -> None:
         self.data_dir = data_dir
         self.access_key = access_key
         self.secret_key = secret_key
         self.s3_port = s3_port or free_port()
+        self.die_with_parent = die_with_parent
         self.process: subprocess.Popen[bytes] | None = None
 
     @property
@@ -85,7 +94,12 @@ class SeaweedFS:
         (self.data_dir / "data").mkdir(exist_ok=True)
         log = (self.data_dir / "weed.log").open("ab")
         self.process = subprocess.Popen(
-            argv, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True
+            argv,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            start_new_session=True,
+            preexec_fn=_terminate_with_parent if self.die_with_parent else None,  # noqa: PLW1509
         )
         log.close()
         if not wait_for_port("127.0.0.1", self.s3_port, timeout):

@@ -7,7 +7,6 @@ made for the jail stay invisible to the host.
 
 from __future__ import annotations
 
-import ctypes
 import os
 import signal
 import socket
@@ -25,7 +24,6 @@ PRIVSEP_DIR = Path("/run/sshd")
 # A root-owned 0755 mount point: the jail is bind-mounted here, inside sshd's private mount namespace,
 # when the image root's own path would fail ChrootDirectory's ownership rule.
 JAIL_MOUNT_POINT = Path("/run/ims-jail")
-_PR_SET_PDEATHSIG = 1
 _FORBIDDEN_IN_CONFIG = set(' \t\n\r"%#\\')
 # In the new namespace: bind the jail (when asked) then become sshd. Arguments are positional,
 # so no value is ever parsed as shell text.
@@ -125,12 +123,6 @@ def render_config(env: JobEnvironment, files: SshdFiles, chroot: Path | None) ->
     return "\n".join(lines) + "\n"
 
 
-def _die_with_parent() -> None:
-    # If the stage process dies, its sshd must not outlive it and keep a root shell open.
-    libc = ctypes.CDLL(None, use_errno=True)
-    libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0)
-
-
 class SshServer:
     def __init__(self, env: JobEnvironment, files: SshdFiles, bind_source: Path | None, chroot: Path | None):
         self.env = env
@@ -149,6 +141,10 @@ class SshServer:
         if test.returncode != 0:
             raise StageError(f"sshd rejected its configuration: {test.stderr.strip()[-500:]}")
         argv = [
+            # If the stage process dies, its sshd must not outlive it and keep a root shell open.
+            "setpriv",
+            "--pdeathsig",
+            "TERM",
             "unshare",
             "--mount",
             "--pid",
@@ -173,7 +169,6 @@ class SshServer:
             stdout=subprocess.DEVNULL,
             stderr=self.files.log.open("ab"),
             start_new_session=True,
-            preexec_fn=_die_with_parent,  # noqa: PLW1509 - no threads exist yet in the stage process
         )
 
     def running(self) -> bool:

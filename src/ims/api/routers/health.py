@@ -14,12 +14,12 @@ from ims.api.http import ok
 def build() -> APIRouter:
     router = APIRouter(tags=["health"])
 
-    @router.get("/healthz/live", summary="The process answers", responses=docs.responses(200, models.Version))
+    @router.get("/healthz/live", summary="The process answers", responses=docs.responses(200, models.Empty))
     async def live() -> JSONResponse:
         return ok({})
 
     @router.get("/healthz/ready", summary="The database and S3 answer",
-                responses=docs.responses(200, models.Version, errors=(503,)))
+                responses={**docs.responses(200, models.Empty), 503: docs.plain_response(models.Readiness, "Not ready.")})
     async def ready(request: Request) -> JSONResponse:
         ctx = services(request).ctx
         database_ok = await call(ctx.database.ping)
