@@ -70,6 +70,7 @@ def fresh_ims_server(work_root: Path, s3_env: dict[str, str]) -> Iterator[ImsSer
 
 @pytest.fixture(scope="session")
 def postgres(work_root: Path) -> Iterator[PostgresCluster]:
+    work_root.chmod(work_root.stat().st_mode | 0o011)  # mkdtemp's 0700 keeps the postgres user out
     cluster = PostgresCluster.start(work_root / "postgres")
     yield cluster
     cluster.stop()

@@ -47,6 +47,9 @@ class Settings(BaseSettings):
     job_runner: str = Field(default="local", validation_alias="IMS_JOB_RUNNER")
     jobs_dir: Path | None = Field(default=None, validation_alias="IMS_JOBS_DIR")
     ssh_host: str = Field(default="127.0.0.1", validation_alias="IMS_SSH_HOST")
+    # Jobs' sshd: the address it binds (default: IMS_SSH_HOST when that is an IP, else all) and its port range.
+    job_ssh_listen: str = Field(default="", validation_alias="IMS_JOB_SSH_LISTEN")
+    job_ssh_ports: str = Field(default="20000-20999", validation_alias="IMS_JOB_SSH_PORTS")
     squashfs_compressor: str = Field(default="zstd", validation_alias="IMS_SQUASHFS_COMPRESSOR")
     ca_cert_file: Path | None = Field(default=None, validation_alias="IMS_CA_CERT_FILE")
     api_url: str = Field(default="", validation_alias="IMS_API_URL")

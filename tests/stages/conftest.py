@@ -6,22 +6,22 @@ import uuid
 from pathlib import Path
 
 import pytest
+from tests.stages.kit import KeyPair, LocalImage, make_keypair
+from tests.support.images import RegisteredImage, build_image_root, register_in_s3, squash
 
 from ims.artifacts.s3 import ArtifactStore
 from ims.embedded.ports import free_port
-from tests.stages.kit import KeyPair, TestImage, make_keypair
-from tests.support.images import RegisteredImage, build_image_root, register_in_s3, squash
 
 
 @pytest.fixture(scope="session")
-def test_image(work_root: Path) -> TestImage:
+def test_image(work_root: Path) -> LocalImage:
     base = work_root / "stages-image"
     root = build_image_root(base / "root", marker="base")
-    return TestImage(root, squash(root, base / "image.sqsh"))
+    return LocalImage(root, squash(root, base / "image.sqsh"))
 
 
 @pytest.fixture(scope="session")
-def registered_image(artifact_store: ArtifactStore, test_image: TestImage) -> RegisteredImage:
+def registered_image(artifact_store: ArtifactStore, test_image: LocalImage) -> RegisteredImage:
     return register_in_s3(artifact_store, test_image.root, test_image.archive)
 
 

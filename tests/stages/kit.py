@@ -19,7 +19,7 @@ from ims.stages.reporting import Reporter
 
 
 @dataclass(frozen=True)
-class TestImage:
+class LocalImage:
     root: Path
     archive: Path
 
@@ -112,7 +112,9 @@ class Background:
         return self.result
 
 
-def ssh(key: KeyPair, port: int, command: str, timeout: float = 30) -> subprocess.CompletedProcess[str]:
+def ssh(
+    key: KeyPair, port: int, command: str, timeout: float = 30, host: str = "127.0.0.1"
+) -> subprocess.CompletedProcess[str]:
     """The stock OpenSSH client, as a user or CFS would call it."""
     return subprocess.run(
         [
@@ -131,7 +133,7 @@ def ssh(key: KeyPair, port: int, command: str, timeout: float = 30) -> subproces
             "IdentitiesOnly=yes",
             "-o",
             "LogLevel=ERROR",
-            "root@127.0.0.1",
+            f"root@{host}",
             command,
         ],
         capture_output=True,

@@ -5,13 +5,13 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+from tests.stages.kit import base_env, reporter_for
+from tests.support.images import RegisteredImage
 
 from ims.artifacts.s3 import ArtifactStore, S3Config
 from ims.stages.environment import JobEnvironment
 from ims.stages.prepare import prepare
 from ims.stages.reporting import StageError, run_stage
-from tests.stages.kit import base_env, reporter_for
-from tests.support.images import RegisteredImage
 
 
 def test_prepare_downloads_checks_md5_and_unpacks(

@@ -8,21 +8,23 @@ import socket
 from pathlib import Path
 
 import pytest
+from tests.stages.kit import Background, KeyPair, LocalImage, base_env, reporter_for, ssh, unpack, wait_for
 
 from ims.stages.environment import JobEnvironment
 from ims.stages.reporting import StageError
 from ims.stages.signals import Verdict
 from ims.stages.sshd import chroot_safe
 from ims.stages.sshenv import sshenv
-from tests.stages.kit import Background, KeyPair, TestImage, base_env, reporter_for, ssh, unpack, wait_for
 
 pytestmark = pytest.mark.skipif(not Path("/usr/sbin/sshd").exists(), reason="openssh-server is not installed")
 
 
-def _start(job_dir: Path, image: TestImage, key: KeyPair, port: int, jail: bool) -> tuple[Background, object]:
+def _start(
+    job_dir: Path, image: LocalImage, key: KeyPair, port: int, jail: bool, **extra: str
+) -> tuple[Background, object]:
     unpack(image.archive, job_dir / "image-root")
     env = JobEnvironment.from_env(
-        base_env(job_dir, IMS_PUBLIC_KEY=key.public, IMS_SSH_PORT=str(port), SSH_JAIL=str(jail))
+        base_env(job_dir, IMS_PUBLIC_KEY=key.public, IMS_SSH_PORT=str(port), SSH_JAIL=str(jail), **extra)
     )
     reporter, log = reporter_for(env)
     stage = Background(lambda: sshenv(env, reporter))
@@ -41,7 +43,7 @@ def _port_open(port: int) -> bool:
 
 
 def test_jailed_session_lands_in_the_image_and_completes(
-    job_dir: Path, test_image: TestImage, user_key: KeyPair, other_key: KeyPair, ssh_port: int
+    job_dir: Path, test_image: LocalImage, user_key: KeyPair, other_key: KeyPair, ssh_port: int
 ) -> None:
     stage, log = _start(job_dir, test_image, user_key, ssh_port, jail=True)
     # The job dir sits under a world-writable /tmp: the jail must come through the private bind mount.
@@ -75,12 +77,14 @@ def test_jailed_session_lands_in_the_image_and_completes(
 
 
 def test_full_shell_sees_the_host_and_uses_parent_flags(
-    job_dir: Path, test_image: TestImage, user_key: KeyPair, ssh_port: int
+    job_dir: Path, test_image: LocalImage, user_key: KeyPair, ssh_port: int
 ) -> None:
     stage, _ = _start(job_dir, test_image, user_key, ssh_port, jail=False)
 
     seen = ssh(
-        user_key, ssh_port, f"cat {job_dir}/image-root/etc/os-release; echo JOB=$IMS_JOB_ID; cat /etc/os-release"
+        user_key,
+        ssh_port,
+        'cat "$IMAGE_ROOT_PARENT/image-root/etc/os-release"; echo JOB=$IMS_JOB_ID; cat /etc/os-release',
     )
     assert seen.returncode == 0, seen.stderr
     assert "ID=imstest" in seen.stdout
@@ -96,7 +100,7 @@ def test_full_shell_sees_the_host_and_uses_parent_flags(
 
 
 def test_stopping_the_environment_drops_open_sessions(
-    job_dir: Path, test_image: TestImage, user_key: KeyPair, ssh_port: int
+    job_dir: Path, test_image: LocalImage, user_key: KeyPair, ssh_port: int
 ) -> None:
     import subprocess
     import time
@@ -136,7 +140,7 @@ def test_stopping_the_environment_drops_open_sessions(
             lingering.wait()
 
 
-def test_a_bad_public_key_is_refused_before_sshd_starts(job_dir: Path, test_image: TestImage, ssh_port: int) -> None:
+def test_a_bad_public_key_is_refused_before_sshd_starts(job_dir: Path, test_image: LocalImage, ssh_port: int) -> None:
     unpack(test_image.archive, job_dir / "image-root")
     env = JobEnvironment.from_env(base_env(job_dir, IMS_PUBLIC_KEY="not a key", IMS_SSH_PORT=str(ssh_port)))
     reporter, _ = reporter_for(env)
@@ -145,7 +149,7 @@ def test_a_bad_public_key_is_refused_before_sshd_starts(job_dir: Path, test_imag
     assert not _port_open(ssh_port)
 
 
-def test_sftp_writes_into_the_jail(job_dir: Path, test_image: TestImage, user_key: KeyPair, ssh_port: int) -> None:
+def test_sftp_writes_into_the_jail(job_dir: Path, test_image: LocalImage, user_key: KeyPair, ssh_port: int) -> None:
     import subprocess
 
     stage, _ = _start(job_dir, test_image, user_key, ssh_port, jail=True)
@@ -178,3 +182,16 @@ def test_sftp_writes_into_the_jail(job_dir: Path, test_image: TestImage, user_ke
     assert stage.join() is Verdict.COMPLETE
     assert (job_dir / "image-root" / "root" / "payload.txt").read_text() == "copied by scp\n"
     shutil.rmtree(job_dir / "image-root")
+
+
+def test_dkms_mounts_exist_only_for_the_session(
+    job_dir: Path, test_image: LocalImage, user_key: KeyPair, ssh_port: int
+) -> None:
+    stage, _ = _start(job_dir, test_image, user_key, ssh_port, jail=True, JOB_ENABLE_DKMS="True")
+    inside = ssh(user_key, ssh_port, "echo DKMS=$IMS_DKMS_ENABLED; ls /proc/self/; ls /sys; ls /dev/null")
+    assert inside.returncode == 0, inside.stderr
+    assert "DKMS=True" in inside.stdout and "status" in inside.stdout and "kernel" in inside.stdout
+    assert list((job_dir / "image-root" / "proc").iterdir()) == []  # never visible to the packager
+    assert ssh(user_key, ssh_port, "touch /tmp/complete").returncode == 0
+    assert stage.join() is Verdict.COMPLETE
+    assert list((job_dir / "image-root" / "sys").iterdir()) == []

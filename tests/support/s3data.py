@@ -15,6 +15,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
+import httpx
+
 from ims.artifacts.s3 import ArtifactStore
 from ims.client.artifacts import upload_artifact_set
 from ims.domain.links import S3Location, make_link
@@ -110,6 +112,18 @@ def put_image(
     return StoredImage(image_id, bucket, manifest, link)
 
 
+def register_image(
+    api: httpx.Client, store: ArtifactStore, name: str = "img", **upload: Any
+) -> tuple[dict[str, Any], StoredImage]:
+    """The sequence ims-python-helper follows: POST the record, upload under its id, PATCH the link on."""
+    record = api.post("/v3/images", json={"name": name, "metadata": {"k": "v"}}).json()
+    stored = put_image(store, image_id=record["id"], **upload)
+    response = api.patch(f"/v3/images/{record['id']}", json={"link": stored.link})
+    assert response.status_code == 200, response.text
+    result: dict[str, Any] = response.json()
+    return result, stored
+
+
 def put_manifest(store: ArtifactStore, location: S3Location, manifest: Any) -> dict[str, Any]:
     """Write any manifest body (valid or not) and return a link to it."""
     etag = store.put_bytes(location, json.dumps(manifest).encode(), "application/json")
@@ -186,7 +200,3 @@ def wait_for_objects(
         return all(exists(store, bucket, key) for key in want) and not any(exists(store, bucket, key) for key in gone)
 
     wait_for(settled, timeout, what=f"objects present={want} absent={gone} in {bucket}")
-
-
-def deleted_key(key: str) -> str:
-    return "deleted/" + key

@@ -221,6 +221,7 @@ class ArtifactStore:
             if info is None:
                 raise ArtifactMissing(source.url)
             return info.etag
+        self.abort_unfinished_uploads(target)
         self.client.copy(
             {"Bucket": source.bucket, "Key": source.key}, target.bucket, target.key, Config=_TRANSFER
         )
@@ -229,6 +230,19 @@ class ArtifactStore:
             raise ArtifactError(f"copy of {source.url} to {target.url} did not arrive")
         self.client.delete_object(Bucket=source.bucket, Key=source.key)
         return info.etag
+
+    def abort_unfinished_uploads(self, location: S3Location) -> None:
+        """Drop the parts of multipart uploads to this key that never completed: a copy cut short by a crash
+        leaves them behind, holding storage that no listing of objects shows."""
+        try:
+            reply = self.client.list_multipart_uploads(Bucket=location.bucket, Prefix=location.key)
+            for upload in reply.get("Uploads", []):
+                if upload.get("Key") == location.key:
+                    self.client.abort_multipart_upload(
+                        Bucket=location.bucket, Key=location.key, UploadId=upload["UploadId"]
+                    )
+        except (ClientError, BotoCoreError) as exc:
+            log.warning("could not clear unfinished uploads to %s: %s", location.url, exc)
 
     def ensure_buckets(self, names: list[str]) -> None:
         existing = {bucket["Name"] for bucket in self.client.list_buckets().get("Buckets", [])}

@@ -6,10 +6,25 @@ from pathlib import Path
 
 import typer
 
-from ims.cli import data_commands
+from ims.cli import (
+    commands_deleted,
+    commands_images,
+    commands_jobs,
+    commands_public_keys,
+    commands_recipes,
+    commands_remote_nodes,
+    data_commands,
+)
 
 app = typer.Typer(help="Image Management Service.", no_args_is_help=True, pretty_exceptions_enable=False)
 app.add_typer(data_commands.app, name="data")
+# Resource commands shaped like `cray ims ...` (see docs/cli.md).
+app.add_typer(commands_public_keys.app, name="public-keys")
+app.add_typer(commands_recipes.app, name="recipes")
+app.add_typer(commands_images.app, name="images")
+app.add_typer(commands_jobs.app, name="jobs")
+app.add_typer(commands_deleted.app, name="deleted")
+app.add_typer(commands_remote_nodes.app, name="remote-build-nodes")
 
 
 @app.command()
@@ -27,6 +42,17 @@ def serve(
 
     settings = load_settings_or_exit()
     run(host or settings.host, port or settings.port, workers)
+
+
+@app.command()
+def worker() -> None:
+    """Run only the background workers: S3 tasks, job launches and the job reconciler.
+
+    Example: IMS_DATABASE_URL=postgresql+psycopg://ims@db/ims ims worker
+    """
+    from ims.cli.serve import run_worker
+
+    run_worker()
 
 
 dev_app = typer.Typer(help="The embedded default: SeaweedFS S3 + SQLite + local jobs on this machine.")

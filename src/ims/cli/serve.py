@@ -3,15 +3,18 @@
 from __future__ import annotations
 
 import logging
+import os
 import sys
 import time
 from collections.abc import Callable
 
 from fastapi import FastAPI
 
-from ims.api.app import create_app
+from ims.api.app import ROUTER_HOOKS, create_app
 from ims.api.deps import Services
+from ims.api.routers import jobs as jobs_router
 from ims.services import artifact_tasks
+from ims.services import jobs as jobs_service
 from ims.services.context import ServiceContext
 from ims.settings import Settings, load_settings_or_exit
 from ims.store import migrate
@@ -21,7 +24,9 @@ log = logging.getLogger("ims")
 
 Stopper = Callable[[], None]
 # Background loops beyond the S3 task worker (the job worker, the reconciler) register here.
-WORKER_HOOKS: list[Callable[[ServiceContext], Stopper]] = []
+WORKER_HOOKS: list[Callable[[ServiceContext], Stopper]] = [jobs_service.start_job_workers]
+if jobs_router.mount not in ROUTER_HOOKS:
+    ROUTER_HOOKS.append(jobs_router.mount)
 
 
 def configure_logging(settings: Settings) -> None:
@@ -90,6 +95,8 @@ def build_app(settings: Settings | None = None, *, migrate_first: bool = False) 
 def serve(host: str, port: int, workers: int = 1) -> None:
     import uvicorn
 
+    # Job stages call back to this address (ims.jobs.spec.api_url); every server process reads it from here.
+    os.environ["IMS_HOST"], os.environ["IMS_PORT"] = host, str(port)
     settings = load_settings_or_exit()
     configure_logging(settings)
     prepare(settings).database.dispose()
@@ -100,3 +107,24 @@ def serve(host: str, port: int, workers: int = 1) -> None:
     else:
         uvicorn.run(build_app(settings), host=host, port=port, log_level=settings.log_level.lower(),
                     access_log=False)
+
+
+def run_worker() -> None:
+    """`ims worker`: the background workers alone (S3 tasks, jobs, reconciler) until SIGTERM or SIGINT."""
+    import signal
+    import threading
+
+    settings = load_settings_or_exit()
+    configure_logging(settings)
+    ctx = prepare(settings)
+    done = threading.Event()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(signum, lambda *_: done.set())
+    stop = start_workers(ctx)
+    log.info("IMS worker running (database %s, jobs in %s)", settings.effective_database_url,
+             settings.effective_jobs_dir)
+    try:
+        done.wait()
+    finally:
+        stop()
+        ctx.database.dispose()

@@ -84,6 +84,8 @@ class ClientConfig:
 
     def client(self) -> ImsClient:
         """A v3 client; a few quick retries, since a person is usually waiting on the other end."""
+        if self.ca_bundle and not Path(self.ca_bundle).is_file():
+            raise ConfigError(f"CA bundle {self.ca_bundle} does not exist")
         return ImsClient(
             self.api_url,
             token=self.token,

@@ -6,6 +6,7 @@ re-send a POST whose request may already have reached the server, so a retry can
 
 from __future__ import annotations
 
+import ssl
 import time
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
@@ -62,8 +63,10 @@ class ImsClient:
         headers = {"Accept": "application/json"}
         if self.token:
             headers["Authorization"] = f"Bearer {self.token}"
+        # A CA bundle path becomes a context: httpx deprecates `verify=<str>`.
+        verify = ssl.create_default_context(cafile=self.verify) if isinstance(self.verify, str) else self.verify
         self._http = httpx.Client(
-            base_url=self.base_url.rstrip("/"), headers=headers, verify=self.verify, timeout=self.timeout
+            base_url=self.base_url.rstrip("/"), headers=headers, verify=verify, timeout=self.timeout
         )
 
     def close(self) -> None:

@@ -63,7 +63,8 @@ class RecordService:
         return record
 
     def _require(self, conn: Connection, record_id: str, *, deleted: bool = False) -> dict[str, Any]:
-        record = self.repo.get(conn, record_id, deleted=deleted)
+        """Read a record to change it: locked, so concurrent changes queue up instead of overwriting."""
+        record = self.repo.get(conn, record_id, deleted=deleted, for_update=True)
         if record is None:
             raise NotFound()
         return record
@@ -77,7 +78,7 @@ class RecordService:
 
     def soft_delete_all(self) -> None:
         with self.ctx.database.write() as conn:
-            for record in self.repo.fetch(conn):
+            for record in self.repo.fetch(conn, for_update=True):
                 self._soft_delete(conn, record)
         self.ctx.notify_tasks()
 
@@ -89,7 +90,7 @@ class RecordService:
 
     def hard_delete_all(self, *, cascade: bool = True) -> None:
         with self.ctx.database.write() as conn:
-            for record in self.repo.fetch(conn):
+            for record in self.repo.fetch(conn, for_update=True):
                 self._hard_delete(conn, record, cascade)
         self.ctx.notify_tasks()
 
@@ -102,7 +103,7 @@ class RecordService:
     def undelete_all(self) -> None:
         # One transaction: any failure leaves every record where it was (the original left duplicates).
         with self.ctx.database.write() as conn:
-            for record in self.repo.fetch(conn, deleted=True):
+            for record in self.repo.fetch(conn, deleted=True, for_update=True):
                 self._undelete(conn, record)
         self.ctx.notify_tasks()
 
@@ -114,7 +115,7 @@ class RecordService:
 
     def purge_all(self) -> None:
         with self.ctx.database.write() as conn:
-            for record in self.repo.fetch(conn, deleted=True):
+            for record in self.repo.fetch(conn, deleted=True, for_update=True):
                 self._purge(conn, record)
         self.ctx.notify_tasks()
 

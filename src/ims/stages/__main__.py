@@ -4,15 +4,17 @@ from __future__ import annotations
 
 import argparse
 import os
+import signal
 import sys
 from collections.abc import Callable
+from types import FrameType
 
 from ims.client.http import ImsClient
 from ims.stages.customize import make_client, run_customize, user_session_then_package
 from ims.stages.environment import JobEnvironment, JobEnvironmentError, token
 from ims.stages.package import package
 from ims.stages.prepare import prepare
-from ims.stages.reporting import Reporter, run_stage
+from ims.stages.reporting import JobStopped, Reporter, run_stage
 
 
 def _sshenv(env: JobEnvironment, reporter: Reporter) -> None:
@@ -28,7 +30,18 @@ StageBody = Callable[[JobEnvironment, Reporter], None]
 STAGES: dict[str, StageBody] = {"prepare": prepare, "sshenv": _sshenv, "package": _package}
 
 
+def _stop_on_sigterm() -> None:
+    """Turn the runner's SIGTERM into an exception, so sshd is stopped and the image's files are restored."""
+
+    def handler(signum: int, frame: FrameType | None) -> None:
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+        raise JobStopped("the job was stopped")
+
+    signal.signal(signal.SIGTERM, handler)
+
+
 def main(argv: list[str] | None = None) -> int:
+    _stop_on_sigterm()
     parser = argparse.ArgumentParser(prog="python -m ims.stages", description=__doc__)
     parser.add_argument("stage", choices=[*STAGES, "customize"])
     args = parser.parse_args(argv)

@@ -17,6 +17,10 @@ class StageError(Exception):
     """A stage failed for a reason the user should read in the job status."""
 
 
+class JobStopped(Exception):
+    """The job's process was asked to stop (SIGTERM from the runner)."""
+
+
 @dataclass
 class Reporter:
     job_id: str
@@ -52,7 +56,7 @@ def run_stage(name: str, reporter: Reporter, body: Callable[[], None]) -> int:
     reporter.say(f"stage {name}: start")
     try:
         body()
-    except StageError as exc:
+    except (StageError, JobStopped) as exc:
         reporter.say(f"stage {name}: failed: {exc}")
         reporter.status("error", f"{name}: {exc}")
         return 1

@@ -66,6 +66,11 @@ def _escapes(relative: str) -> bool:
     return normal == ".." or normal.startswith("../")
 
 
+def _through_symlink(path: str, symlinks: set[str]) -> bool:
+    parents = path.split("/")[:-1]
+    return any("/".join(parents[:depth]) in symlinks for depth in range(1, len(parents) + 1))
+
+
 def check_members(members: list[tarfile.TarInfo]) -> None:
     """Raise UnsafeArchiveError for the first member that breaks the rules above."""
     symlinks: set[str] = set()
@@ -74,10 +79,8 @@ def check_members(members: list[tarfile.TarInfo]) -> None:
         if kind not in _ALLOWED_TYPES:
             raise UnsafeArchiveError(member.name, f"{kind} not allowed")
         path = _normalized(member.name, member.name)
-        parents = path.split("/")[:-1]
-        for depth in range(1, len(parents) + 1):
-            if "/".join(parents[:depth]) in symlinks:
-                raise UnsafeArchiveError(member.name, "path passes through a symlink in the archive")
+        if _through_symlink(path, symlinks):
+            raise UnsafeArchiveError(member.name, "path passes through a symlink in the archive")
         if kind == "symlink":
             target = member.linkname
             if not target or target.startswith("/"):
@@ -90,8 +93,9 @@ def check_members(members: list[tarfile.TarInfo]) -> None:
             target = member.linkname
             if not target or target.startswith("/") or _escapes(target):
                 raise UnsafeArchiveError(member.name, f"hard link target {target!r} leaves the directory")
-            if posixpath.normpath(target) in symlinks:
-                raise UnsafeArchiveError(member.name, "hard link to a symlink in the archive")
+            target = posixpath.normpath(target)
+            if target in symlinks or _through_symlink(target, symlinks):
+                raise UnsafeArchiveError(member.name, "hard link to or through a symlink in the archive")
 
 
 def safe_extract(archive: Path, dest: Path) -> list[str]:

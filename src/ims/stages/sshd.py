@@ -25,9 +25,16 @@ PRIVSEP_DIR = Path("/run/sshd")
 # when the image root's own path would fail ChrootDirectory's ownership rule.
 JAIL_MOUNT_POINT = Path("/run/ims-jail")
 _FORBIDDEN_IN_CONFIG = set(' \t\n\r"%#\\')
-# In the new namespace: bind the jail (when asked) then become sshd. Arguments are positional,
-# so no value is ever parsed as shell text.
-_LAUNCH = 'set -e; if [ -n "$1" ]; then mount --bind "$1" "$2"; fi; exec "$3" -D -f "$4" -E "$5"'
+# In the new namespace: bind the jail (when asked), make the DKMS mounts (pairs of fstype and target),
+# then become sshd. Arguments are positional, so no value is ever parsed as shell text.
+_LAUNCH = (
+    "set -e; src=$1 target=$2 sshd=$3 conf=$4 log=$5; shift 5; "
+    'if [ -n "$src" ]; then mount --bind "$src" "$target"; fi; '
+    'while [ $# -ge 2 ]; do mount -t "$1" "$1" "$2" || echo "ims: could not mount $1 on $2" >&2; shift 2; done; '
+    'exec "$sshd" -D -f "$conf" -E "$log"'
+)
+# What the original mounts into the image root for DKMS builds; gone with sshd's mount namespace.
+DKMS_MOUNTS = (("proc", "proc"), ("sysfs", "sys"), ("devtmpfs", "dev"))
 
 
 def _config_path(path: Path) -> str:
@@ -87,15 +94,16 @@ def write_keys(files: SshdFiles, public_key: str) -> None:
 
 
 def render_config(env: JobEnvironment, files: SshdFiles, chroot: Path | None) -> str:
-    set_env = " ".join(
-        f"{name}={value}"
-        for name, value in (
-            ("IMS_JOB_ID", env.job_id),
-            ("IMS_ARCH", env.build_arch),
-            ("IMS_DKMS_ENABLED", str(env.dkms_enabled)),
-            ("REMOTE_BUILD_NODE", env.remote_build_node),
-        )
-    )
+    variables = [
+        ("IMS_JOB_ID", env.job_id),
+        ("IMS_ARCH", env.build_arch),
+        ("IMS_DKMS_ENABLED", str(env.dkms_enabled)),
+        ("REMOTE_BUILD_NODE", env.remote_build_node),
+    ]
+    if chroot is None:
+        # A full shell is not at the original's fixed /mnt/image: tell the user where the image is.
+        variables.append(("IMAGE_ROOT_PARENT", _config_path(env.image_root_parent)))
+    set_env = " ".join(f"{name}={value}" for name, value in variables)
     lines = [
         f"Port {env.ssh_port}",
         f"ListenAddress {env.ssh_listen}",
@@ -124,11 +132,19 @@ def render_config(env: JobEnvironment, files: SshdFiles, chroot: Path | None) ->
 
 
 class SshServer:
-    def __init__(self, env: JobEnvironment, files: SshdFiles, bind_source: Path | None, chroot: Path | None):
+    def __init__(
+        self,
+        env: JobEnvironment,
+        files: SshdFiles,
+        bind_source: Path | None,
+        chroot: Path | None,
+        mounts: list[tuple[str, Path]] | None = None,
+    ):
         self.env = env
         self.files = files
         self.bind_source = bind_source
         self.chroot = chroot
+        self.mounts = mounts or []
         self.process: subprocess.Popen[bytes] | None = None
 
     def start(self) -> None:
@@ -162,6 +178,7 @@ class SshServer:
             SSHD,
             str(self.files.config),
             str(self.files.log),
+            *(str(item) for fstype, target in self.mounts for item in (fstype, target)),
         ]
         self.process = subprocess.Popen(
             argv,
@@ -186,12 +203,19 @@ class SshServer:
         raise StageError(f"sshd did not answer on {self.env.ssh_listen}:{self.env.ssh_port} in {timeout:g} s")
 
     def stop(self, grace: float = 5.0) -> None:
+        """End sshd and every session; returns only once they are all gone."""
         if self.process is None or self.process.poll() is not None:
             return
-        self.process.send_signal(signal.SIGTERM)
+        # Signal the namespace's PID 1 (sshd) rather than `unshare`: when PID 1 exits the kernel kills
+        # the rest of the namespace, and `unshare` returns only after that, so the port is free on return.
+        init = _first_child(self.process.pid)
         try:
+            if init is not None:
+                os.kill(init, signal.SIGTERM)
+            else:
+                self.process.send_signal(signal.SIGTERM)
             self.process.wait(grace)
-        except subprocess.TimeoutExpired:
+        except (subprocess.TimeoutExpired, ProcessLookupError):
             self.process.kill()
             self.process.wait(grace)
 
@@ -201,6 +225,24 @@ class SshServer:
         except OSError:
             return ""
         return "; ".join(text.strip().splitlines()[-lines:])
+
+
+def dkms_mounts(image_root: Path, seen_as: Path) -> list[tuple[str, Path]]:
+    """Mount targets for DKMS: only real directories of the image, never a symlink that `mount` would follow."""
+    mounts = []
+    for fstype, name in DKMS_MOUNTS:
+        directory = image_root / name
+        if directory.is_dir() and not directory.is_symlink():
+            mounts.append((fstype, seen_as / name))
+    return mounts
+
+
+def _first_child(pid: int) -> int | None:
+    try:
+        children = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
+    except OSError:
+        return None
+    return int(children[0]) if children else None
 
 
 def _banner(host: str, port: int) -> bool:

@@ -9,7 +9,7 @@ from ims.stages.environment import JobEnvironment
 from ims.stages.reporting import Reporter, StageError
 from ims.stages.resolv import ResolvSwap
 from ims.stages.signals import SignalPlaces, Verdict
-from ims.stages.sshd import JAIL_MOUNT_POINT, SshdFiles, SshServer, chroot_safe, write_keys
+from ims.stages.sshd import JAIL_MOUNT_POINT, SshdFiles, SshServer, chroot_safe, dkms_mounts, write_keys
 
 
 def _prepare_jail(image_root: Path) -> tuple[Path | None, Path]:
@@ -38,15 +38,25 @@ def sshenv(env: JobEnvironment, reporter: Reporter) -> Verdict:
     resolv = ResolvSwap(env.image_root, files.directory)
     if resolv.swap_in():
         reporter.say("the image uses the host's resolv.conf while the SSH environment is up")
-    server = SshServer(env, files, bind_source, chroot)
+    # In the namespace the image is seen at the bind target when there is one.
+    seen_as = JAIL_MOUNT_POINT if bind_source is not None else env.image_root
+    mounts = dkms_mounts(env.image_root, seen_as) if env.dkms_enabled else []
+    server = SshServer(env, files, bind_source, chroot, mounts)
     try:
         server.start()
         took = server.wait_ready()
-        mode = f"jailed in {env.image_root}" if env.ssh_jail else "full shell"
+        if not env.ssh_jail:
+            mode = "full shell"
+        elif bind_source is None:
+            mode = f"jailed in {env.image_root}"
+        else:
+            mode = f"jailed in {env.image_root}, bind-mounted at {chroot} for sshd's ownership rule"
         reporter.say(f"sshd answers on {env.ssh_listen}:{env.ssh_port} after {took:.2f} s ({mode})")
-        where = "/tmp" if env.ssh_jail else str(env.image_root_parent)
+        where = "/tmp" if env.ssh_jail else "$IMAGE_ROOT_PARENT"
         reporter.say(
-            f"connect: ssh -p {env.ssh_port} root@{env.ssh_listen}; when done, touch {where}/complete "
+            f"connect: ssh -p {env.ssh_port} root@{env.ssh_listen}; "
+            + ("" if env.ssh_jail else f"the image is at {env.image_root}; ")
+            + f"when done, touch {where}/complete "
             f"(or {where}/failed to discard the changes)"
         )
         reporter.status("waiting_on_user")

@@ -151,8 +151,10 @@ def render_recipe(
             source = path.read_text()
             missing = sorted(meta.find_undeclared_variables(env.parse(source)) - set(values))
             if missing:
-                warn(f"warning: template {name} uses variables missing from the template dictionary: "
-                     + ", ".join(missing))
+                warn(
+                    f"warning: template {name} uses variables missing from the template dictionary: "
+                    + ", ".join(missing)
+                )
             rendered = env.from_string(source).render(dict(values))
         except UnicodeDecodeError as error:
             raise TemplatingError(f"template file {name!r} is not text: {error}") from error

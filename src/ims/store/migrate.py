@@ -8,7 +8,7 @@ from alembic import command
 from alembic.config import Config
 from sqlalchemy import text
 
-from ims.store.db import Database
+from ims.store.db import _WRITE, Database
 
 _MIGRATIONS = Path(__file__).parent / "migrations"
 _LOCK_KEY = 0x494D53  # "IMS"
@@ -24,7 +24,10 @@ def alembic_config(url: str) -> Config:
 def upgrade(database: Database) -> None:
     """Bring the schema to the newest revision; safe to call from several processes at once."""
     with database.engine.connect() as conn:
-        if not database.is_sqlite:
+        if database.is_sqlite:
+            # BEGIN IMMEDIATE: the first process to start migrating holds the write lock until it commits.
+            conn = conn.execution_options(**{_WRITE: True})
+        else:
             conn.execute(text("SELECT pg_advisory_lock(:key)"), {"key": _LOCK_KEY})
             conn.commit()
         try:

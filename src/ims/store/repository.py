@@ -49,8 +49,13 @@ class RecordRepository:
         return values
 
     # --- queries
-    def get(self, conn: Connection, record_id: str, *, deleted: bool = False) -> dict[str, Any] | None:
-        row = conn.execute(self._select(deleted).where(self.table.c.id == record_id)).first()
+    def get(
+        self, conn: Connection, record_id: str, *, deleted: bool = False, for_update: bool = False
+    ) -> dict[str, Any] | None:
+        """`for_update` locks the row until the transaction ends: a read-modify-write must use it, or on
+        PostgreSQL a concurrent writer's change is silently overwritten."""
+        query = self._select(deleted).where(self.table.c.id == record_id)
+        row = conn.execute(query.with_for_update() if for_update else query).first()
         return self.to_record(row) if row is not None else None
 
     def get_any(self, conn: Connection, record_id: str) -> dict[str, Any] | None:
@@ -65,6 +70,7 @@ class RecordRepository:
         limit: int | None = None,
         offset: int = 0,
         where: Iterable[Any] = (),
+        for_update: bool = False,
     ) -> list[dict[str, Any]]:
         query = self._select(deleted)
         for clause in where:
@@ -72,6 +78,8 @@ class RecordRepository:
         query = query.order_by(self.table.c.created, self.table.c.id).offset(offset)
         if limit is not None:
             query = query.limit(limit)
+        if for_update:
+            query = query.with_for_update()
         return [self.to_record(row) for row in conn.execute(query)]
 
     def count(self, conn: Connection, *, deleted: bool = False) -> int:

@@ -38,6 +38,16 @@ jobs = _record_table(
     "jobs",
     Column("status", String(32), nullable=False, index=True),
     Column("job_type", String(16), nullable=False),
+    # Orchestration (ims.jobs): queued -> starting -> running -> done. Rows written by other code
+    # (imports of the original's files) default to `done` so they are never launched.
+    Column("phase", String(16), nullable=False, default="done", server_default="done", index=True),
+    Column("owner", String(128), nullable=True, index=True),  # the worker that watches the job
+    Column("lease_until", DateTime, nullable=True),  # the owner renews this while the job's process lives
+    Column("heartbeat", DateTime, nullable=True),
+    Column("status_changed", DateTime, nullable=True),
+    Column("ssh_port", Integer, nullable=True),
+    Column("runner", JsonType, nullable=True),  # the runner's handle: host, pid, start time, job directory
+    Column("launch", JsonType, nullable=True),  # what the runner needs beyond the record (no secrets)
 )
 remote_build_nodes = _record_table("remote_build_nodes")
 

@@ -1,0 +1,40 @@
+"""`ims public-keys`: SSH public keys that jobs install for root."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import typer
+
+from ims.cli.crud import RecordCommands, add_crud
+from ims.cli.session import Session, api_command
+
+app = typer.Typer(help="SSH public keys for job access (cray ims public-keys).", no_args_is_help=True)
+
+add_crud(
+    RecordCommands(
+        app,
+        "public-keys",
+        "public key",
+        lambda ims: ims.public_keys,
+        ("id", "name", "created"),
+        delete_note="Recoverable: see `ims deleted public-keys`.",
+    )
+)
+
+
+@api_command(app, "create")
+def create_key(
+    session: Session,
+    name: str = typer.Option(..., "--name", help="Name of the key record."),
+    public_key: Path = typer.Option(
+        ..., "--public-key", help="File with the OpenSSH public key ('-' reads stdin).", allow_dash=True
+    ),
+) -> None:
+    """Register a public key, read from a file as cray does.
+
+    Example: ims public-keys create --name "admin key" --public-key ~/.ssh/id_ed25519.pub
+    """
+    text = sys.stdin.read() if str(public_key) == "-" else public_key.read_text()
+    session.show(session.ims.public_keys.create(name, text.strip()))

@@ -1,0 +1,53 @@
+"""`ims remote-build-nodes`: machines that run jobs over SSH, and their live status."""
+
+from __future__ import annotations
+
+import typer
+
+from ims.cli.crud import RecordCommands, add_crud
+from ims.cli.session import Session, api_command
+
+app = typer.Typer(help="Remote build nodes (cray ims remote-build-nodes).", no_args_is_help=True)
+status_app = typer.Typer(help="Live status of the nodes (checked over SSH on every call).", no_args_is_help=True)
+app.add_typer(status_app, name="status")
+
+STATUS_COLUMNS = ("xname", "ableToRunJobs", "nodeArch", "numCurrentJobs", "sshStatus", "podmanStatus")
+
+add_crud(
+    RecordCommands(
+        app,
+        "remote-build-nodes",
+        "remote build node",
+        lambda ims: ims.remote_build_nodes,
+        ("xname",),
+        key="XNAME",
+        example="x3000c0s19b4n0",
+    )
+)
+
+
+@api_command(app, "create")
+def create_node(session: Session, xname: str = typer.Option(..., "--xname", help="The node's xname.")) -> None:
+    """Register a node (registering it again is harmless).
+
+    Example: ims remote-build-nodes create --xname x3000c0s19b4n0
+    """
+    session.show(session.ims.remote_build_nodes.create(xname))
+
+
+@api_command(status_app, "list")
+def list_status(session: Session) -> None:
+    """Check every node: SSH, podman, arch, running jobs.
+
+    Example: ims remote-build-nodes status list
+    """
+    session.show(session.ims.remote_build_nodes.status_all(), STATUS_COLUMNS)
+
+
+@api_command(status_app, "describe")
+def describe_status(session: Session, xname: str = typer.Argument(..., metavar="XNAME")) -> None:
+    """Check one node.
+
+    Example: ims remote-build-nodes status describe x3000c0s19b4n0
+    """
+    session.show(session.ims.remote_build_nodes.status(xname))

@@ -1,0 +1,235 @@
+"""What every API command shares: connection options, output format, progress, and exit codes.
+
+Exit codes: 0 done; 1 the server (or S3, or a checksum) said no, with one readable line on stderr;
+2 the command line or the configuration is wrong.
+"""
+
+from __future__ import annotations
+
+import functools
+import inspect
+import sys
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from enum import StrEnum
+from http import HTTPStatus
+from typing import Any, TypeVar
+
+import typer
+from botocore.exceptions import BotoCoreError, ClientError
+
+from ims.artifacts.s3 import ArtifactError
+from ims.cli.output import OutputFormat, render
+from ims.cli.progress import transfer_progress
+from ims.client.config import ClientConfig, ConfigError, load_config
+from ims.client.http import ImsApiError
+from ims.client.recipes import RecipeError
+from ims.client.resources import Ims
+from ims.client.transfer import TrackedStore, TransferError
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+CONNECTION_PANEL = "Connection (also IMS_API_URL, IMS_TOKEN, IMS_CA_BUNDLE, ~/.config/ims/config.toml)"
+
+
+class BoolWord(StrEnum):
+    """`True`/`False` as words, so `cray ims ... --enable-debug False` lines keep working."""
+
+    true = "true"
+    false = "false"
+
+
+def as_bool(word: BoolWord | None) -> bool | None:
+    return None if word is None else word is BoolWord.true
+
+
+def parse_pairs(values: Sequence[str] | None, option: str) -> dict[str, str]:
+    """`KEY=VALUE` options into a dict; anything else is a usage error (exit 2)."""
+    pairs: dict[str, str] = {}
+    for item in values or ():
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise typer.BadParameter(f"{item!r} is not KEY=VALUE", param_hint=option)
+        pairs[key] = value
+    return pairs
+
+
+@dataclass
+class Session:
+    config: ClientConfig
+    fmt: OutputFormat
+    _ims: Ims | None = field(default=None, repr=False)
+
+    @property
+    def ims(self) -> Ims:
+        if self._ims is None:
+            self._ims = Ims(self.config.client())
+        return self._ims
+
+    def show(self, data: Any, columns: Sequence[str] = ()) -> None:
+        text = render(data, self.fmt, columns)
+        if text:
+            typer.echo(text)
+
+    @contextmanager
+    def store(self) -> Iterator[TrackedStore]:
+        """S3 for the artifact helpers, with progress bars when stderr is a terminal."""
+        s3 = self.config.s3.s3_config()
+        with transfer_progress() as progress:
+            yield TrackedStore(s3, progress)
+
+    def close(self) -> None:
+        if self._ims is not None:
+            self._ims.close()
+
+
+def error_line(exc: BaseException) -> str:
+    """One line for stderr; never the request headers (they carry the token)."""
+    if isinstance(exc, ImsApiError):
+        if exc.status == 0:
+            text = exc.detail
+        else:
+            title = exc.title or _phrase(exc.status)
+            where = f" ({exc.method} {exc.url})" if exc.method else ""
+            text = f"{exc.status} {title}{where}"
+            if exc.detail and exc.detail != title:
+                text += f": {exc.detail}"
+            if exc.errors:
+                text += f" [{_compact_errors(exc.errors)}]"
+    elif isinstance(exc, ClientError):
+        error = exc.response.get("Error", {})
+        text = f"S3 {exc.operation_name} failed: {error.get('Code', '')} {error.get('Message', '')}".rstrip()
+    else:
+        text = str(exc) or type(exc).__name__
+    return "ims: " + " ".join(text.split())
+
+
+def _phrase(status: int) -> str:
+    try:
+        return HTTPStatus(status).phrase
+    except ValueError:
+        return "Error"
+
+
+def _compact_errors(errors: Any, prefix: str = "") -> str:
+    """`{"link": {"path": ["msg"]}}` -> `link.path: msg`, the marshmallow shape on one line."""
+    if isinstance(errors, dict):
+        return "; ".join(_compact_errors(value, f"{prefix}.{key}" if prefix else str(key)) for key, value in errors.items())
+    if isinstance(errors, list) and all(not isinstance(item, dict | list) for item in errors):
+        text = " ".join(str(item) for item in errors)
+    elif isinstance(errors, list):
+        text = "; ".join(_compact_errors(item) for item in errors)
+    else:
+        text = str(errors)
+    return f"{prefix}: {text}" if prefix else text
+
+
+_FAILURES: tuple[type[BaseException], ...] = (
+    ImsApiError,
+    TransferError,
+    RecipeError,
+    ArtifactError,
+    ClientError,
+    BotoCoreError,
+    TimeoutError,
+    OSError,
+)
+
+
+def _connection_parameters(with_format: bool) -> list[inspect.Parameter]:
+    def option(name: str, annotation: Any, info: Any) -> inspect.Parameter:
+        return inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, default=info, annotation=annotation)
+
+    params = [
+        option(
+            "api_url",
+            str | None,
+            typer.Option(None, "--api-url", help="IMS base URL (default http://127.0.0.1:9100).",
+                         rich_help_panel=CONNECTION_PANEL),
+        ),
+        option(
+            "token",
+            str | None,
+            typer.Option(None, "--token", help="Bearer token (prefer IMS_TOKEN: options show up in `ps`).",
+                         rich_help_panel=CONNECTION_PANEL),
+        ),
+        option(
+            "ca_bundle",
+            str | None,
+            typer.Option(None, "--ca-bundle", help="CA certificates that sign the server's TLS certificate.",
+                         rich_help_panel=CONNECTION_PANEL),
+        ),
+    ]
+    if with_format:
+        params.append(
+            option(
+                "output_format",
+                OutputFormat | None,
+                typer.Option(None, "--format", case_sensitive=False,
+                             help="Output: table, json or toml (default IMS_FORMAT, else table)."),
+            )
+        )
+    return params
+
+
+def api_command(app: typer.Typer, name: str, *, output: bool = True) -> Callable[[F], F]:
+    """Register `func(session, ...)` as `name`, adding the connection and `--format` options to it."""
+
+    def decorate(func: F) -> F:
+        signature = inspect.signature(func, eval_str=True)
+        own = [param for param in signature.parameters.values() if param.name != "session"]
+
+        @functools.wraps(func)
+        def command(**kwargs: Any) -> None:
+            try:
+                config = load_config(
+                    api_url=kwargs.pop("api_url"),
+                    token=kwargs.pop("token"),
+                    ca_bundle=kwargs.pop("ca_bundle"),
+                    output_format=_format_value(kwargs.pop("output_format", None)),
+                )
+                fmt = OutputFormat(config.format.lower())
+            except (ConfigError, ValueError) as exc:
+                typer.echo(f"ims: {exc}", err=True)
+                raise typer.Exit(2) from None
+            session = Session(config, fmt)
+            try:
+                func(session, **kwargs)
+            except ConfigError as exc:
+                typer.echo(f"ims: {exc}", err=True)
+                raise typer.Exit(2) from None
+            except _FAILURES as exc:
+                typer.echo(error_line(exc), err=True)
+                raise typer.Exit(1) from None
+            except KeyboardInterrupt:
+                typer.echo("ims: interrupted", err=True)
+                raise typer.Exit(130) from None
+            finally:
+                session.close()
+
+        command.__signature__ = signature.replace(  # type: ignore[attr-defined]
+            parameters=[*own, *_connection_parameters(output)]
+        )
+        # Typer reads annotations from the signature above; the original's string annotations would not resolve.
+        command.__annotations__ = {}
+        app.command(name)(command)
+        return func
+
+    return decorate
+
+
+def _format_value(value: OutputFormat | str | None) -> str | None:
+    if value is None:
+        return None
+    return value.value if isinstance(value, OutputFormat) else str(value)
+
+
+def stderr_is_terminal() -> bool:
+    return sys.stderr.isatty()
+
+
+def note(message: str) -> None:
+    """Chatter for people: shown on a terminal, silent when stderr is piped."""
+    if stderr_is_terminal():
+        typer.echo(message, err=True)

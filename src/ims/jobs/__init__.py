@@ -1,0 +1,1 @@
+"""Job orchestration: runners that start a job's stages, the worker that watches them, the reconciler."""

@@ -1,0 +1,255 @@
+"""Create stage 3, `build-image`: run kiwi-ng on the fetched recipe.
+
+Layout kept from the original: kiwi's target dir is the job directory itself, so the prepared root is
+`<parent>/build/image-root` and the log `<parent>/kiwi.log` (where debug-shell users look for them).
+
+Two build types are taken:
+- `tbz`: IMS packages kiwi's root tree itself (the original's way). kiwi insists on writing its own
+  tar.xz too, which nobody uses, so it gets the fastest xz setting through a runtime config.
+- `kis`: kiwi's kernel, initrd and squashfs root are the three artifacts IMS uploads; no second squash.
+
+kiwi runs in private mount and PID namespaces: it bind-mounts /proc, /sys and /dev into the image root,
+and a killed build would otherwise leave those mounts behind on the host. When the namespace's first
+process ends, every mount and process in it goes too.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal, TextIO
+
+from ims.stages.create_env import CreateSettings
+from ims.stages.environment import JobEnvironment
+from ims.stages.kiwi_config import Description, DescriptionError, read_description
+from ims.stages.recipe_fetch import recipe_dir
+from ims.stages.reporting import Reporter, StageError
+from ims.stages.rootpath import resolve_in_root
+
+BUILD_FAILED = "build_failed"
+SUPPORTED_TYPES = ("tbz", "kis")
+CA_IN_IMAGE = "etc/cray/ca/certificate_authority.crt"  # where the original's images carry the cluster CA
+CA_NAME = "cray_certificate_authority.crt"
+# kiwi's name for the distribution family whose CA store and update tool it should use.
+_CA_DISTRIBUTIONS = {
+    "apt": "debian",
+    "zypper": "suse",
+    "dnf": "redhat",
+    "dnf4": "redhat",
+    "dnf5": "redhat",
+    "microdnf": "redhat",
+    "yum": "redhat",
+    "pacman": "archlinux",
+}
+_ERROR_LINE = re.compile(r"^\[\s*ERROR\s*\]:\s*(?:\d\d:\d\d:\d\d\s*\|\s*)?(.*)$")
+_REASON_LIMIT = 1000
+_ISOLATE = ["unshare", "--mount", "--propagation", "private", "--pid", "--fork", "--kill-child", "--mount-proc"]
+
+
+class BuildFailed(StageError):
+    """kiwi failed; `<parent>/build_failed` is written and the log kept for a debug shell."""
+
+    def __init__(self, reason: str, log_path: Path) -> None:
+        super().__init__(reason)
+        self.log_path = log_path
+
+
+@dataclass(frozen=True)
+class BuildResult:
+    kind: Literal["tbz", "kis"]
+    log_path: Path
+    seconds: float
+    image_root: Path | None = None  # tbz: the tree to package
+    kernel: Path | None = None  # kis: kiwi's artifacts, uploaded as they are
+    initrd: Path | None = None
+    rootfs: Path | None = None
+
+
+def kiwi_executable(settings: CreateSettings) -> str:
+    if settings.kiwi:
+        return settings.kiwi
+    beside = Path(sys.executable).parent / "kiwi-ng"
+    if beside.is_file():
+        return str(beside)
+    found = shutil.which("kiwi-ng")
+    if found is None:
+        raise StageError("kiwi-ng is not installed")
+    return found
+
+
+def kiwi_argv(
+    kiwi: str,
+    *,
+    description: Path,
+    target: Path,
+    build_type: str,
+    log_path: Path,
+    debug: bool = False,
+    runtime_config: Path | None = None,
+    ca_cert: Path | None = None,
+    ca_distribution: str = "",
+    isolate: bool = True,
+) -> list[str]:
+    argv = [*(_ISOLATE if isolate else []), kiwi]
+    if debug:
+        argv.append("--debug")
+    argv += ["--logfile", str(log_path)]
+    if runtime_config is not None:
+        argv += ["--config", str(runtime_config)]
+    argv += ["--type", build_type, "system", "build", "--description", str(description), "--target-dir", str(target)]
+    if ca_cert is not None:
+        argv += ["--ca-cert", str(ca_cert), "--ca-target-distribution", ca_distribution]
+    return argv
+
+
+def last_error_line(log_path: Path) -> str:
+    """kiwi's last `[ ERROR ]` message in its log, without the time stamp; '' when there is none."""
+    if not log_path.is_file():
+        return ""
+    last = ""
+    with log_path.open(errors="replace") as log:
+        for line in log:
+            match = _ERROR_LINE.match(line.rstrip("\n"))
+            if match and match.group(1).strip():
+                last = match.group(1).strip()
+    return last[:_REASON_LIMIT]
+
+
+def install_ca_cert(root: Path, cert: Path) -> list[Path]:
+    """Put the cluster CA into a root tree: the original's location plus Debian's local CA store.
+
+    `root` may be an image root or a kiwi `root/` overlay; both are untrusted, so paths are resolved
+    with `root` as `/`.
+    """
+    data = cert.read_bytes()
+    written = []
+    for relative in (CA_IN_IMAGE, f"usr/local/share/ca-certificates/{CA_NAME}"):
+        path = resolve_in_root(root, relative)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.unlink(missing_ok=True)  # never write through a link left there
+        path.write_bytes(data)
+        path.chmod(0o644)
+        written.append(path)
+    return written
+
+
+def _stream(argv: list[str], out: TextIO) -> int:
+    """Run argv, copying its output to `out` as it comes (kiwi draws progress bars with bare CRs)."""
+    try:
+        process = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+    except FileNotFoundError as exc:
+        raise StageError(f"{argv[0]} is not installed") from exc
+    assert process.stdout is not None
+    fd = process.stdout.fileno()
+    try:
+        while chunk := os.read(fd, 65536):
+            out.write(chunk.decode(errors="replace"))
+            out.flush()
+    finally:
+        process.stdout.close()
+        returncode = process.wait()
+    return returncode
+
+
+def _kis_artifacts(target: Path) -> tuple[Path, Path, Path]:
+    """kiwi's kernel, initrd and root file system image, from its result record (or by name)."""
+    results: dict[str, Path] = {}
+    record = target / "kiwi.result.json"
+    if record.is_file():
+        for key, entry in json.loads(record.read_text()).items():
+            if isinstance(entry, dict) and entry.get("filename"):
+                results[key] = Path(entry["filename"])
+    kernel = results.get("kis_kernel") or next(iter(sorted(target.glob("*.kernel"))), None)
+    initrd = results.get("kis_initrd") or next(iter(sorted(target.glob("*.initrd*"))), None)
+    rootfs = results.get("kis_rootfs")
+    missing = [
+        name
+        for name, path in (("kernel", kernel), ("initrd", initrd), ("root file system", rootfs))
+        if path is None or not path.is_file()
+    ]
+    if missing:
+        raise StageError(f'kiwi finished but left no {", ".join(missing)} in {target} (is archive="false" set?)')
+    assert kernel is not None and initrd is not None and rootfs is not None
+    return kernel, initrd, rootfs
+
+
+def _prepare_ca(settings: CreateSettings, description: Description, recipe: Path, parent: Path) -> Path | None:
+    if not settings.ca_cert_file:
+        return None
+    source = Path(settings.ca_cert_file)
+    if not source.is_file():
+        raise StageError(f"IMS_CA_CERT_FILE {source} does not exist")
+    if description.package_manager not in _CA_DISTRIBUTIONS:
+        raise StageError(f"cannot install a CA certificate for package manager {description.package_manager!r}")
+    # A fixed name, so kiwi's trust-store copy and the overlay copy are one and the same file.
+    staged = parent / "ca" / CA_NAME
+    staged.parent.mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(source, staged)
+    # The overlay is applied to tbz and kis alike, so both image kinds carry the original's CA path.
+    install_ca_cert(recipe / "root", staged)
+    return staged
+
+
+def build_image(env: JobEnvironment, reporter: Reporter, settings: CreateSettings | None = None) -> BuildResult:
+    settings = settings or CreateSettings.from_env()
+    reporter.status("building_image")
+    parent = env.image_root_parent
+    recipe = recipe_dir(env)
+    log_path = parent / "kiwi.log"
+    failed_flag = parent / BUILD_FAILED
+    failed_flag.unlink(missing_ok=True)
+
+    def fail(reason: str) -> BuildFailed:
+        failed_flag.touch()
+        return BuildFailed(reason, log_path)
+
+    try:
+        description = read_description(recipe)
+    except DescriptionError as exc:
+        raise fail(str(exc)) from exc
+    kind = description.build_type.image
+    if kind not in SUPPORTED_TYPES:
+        raise fail(f"build type {kind!r} is not supported; use one of {', '.join(SUPPORTED_TYPES)}")
+
+    runtime_config = None
+    if kind == "tbz":
+        runtime_config = parent / "kiwi-runtime.yml"
+        runtime_config.write_text("xz:\n  options: -0 -T0\n")
+    ca = _prepare_ca(settings, description, recipe, parent)
+    argv = kiwi_argv(
+        kiwi_executable(settings),
+        description=recipe,
+        target=parent,
+        build_type=kind,
+        log_path=log_path,
+        debug=settings.enable_debug,
+        runtime_config=runtime_config,
+        ca_cert=ca,
+        ca_distribution=_CA_DISTRIBUTIONS.get(description.package_manager, ""),
+        isolate=os.geteuid() == 0 and shutil.which("unshare") is not None,
+    )
+    reporter.say("running " + " ".join(argv))
+    start = time.monotonic()
+    returncode = _stream(argv, reporter.out)
+    seconds = time.monotonic() - start
+    reporter.say(f"kiwi-ng exited with {returncode} after {seconds:.1f} s")
+    if returncode != 0:
+        raise fail(last_error_line(log_path) or f"kiwi-ng exited with {returncode}")
+
+    if kind == "tbz":
+        image_root = parent / "build" / "image-root"
+        if not image_root.is_dir():
+            raise fail(f"kiwi finished but there is no image root at {image_root}")
+        return BuildResult("tbz", log_path, seconds, image_root=image_root)
+    try:
+        kernel, initrd, rootfs = _kis_artifacts(parent)
+    except StageError as exc:
+        raise fail(str(exc)) from exc
+    return BuildResult("kis", log_path, seconds, kernel=kernel, initrd=initrd, rootfs=rootfs)
