@@ -9,9 +9,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from click.testing import Result
 from tests.support.servers import ImsServer
-from typer.testing import CliRunner
+from typer.testing import CliRunner, Result
 
 from ims.cli.main import app
 

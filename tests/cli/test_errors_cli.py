@@ -7,6 +7,7 @@ import os
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 from tests.cli.conftest import Cli
@@ -98,3 +99,28 @@ def test_real_process_exit_codes_and_token_kept_out_of_output(ims_server: ImsSer
     assert usage.returncode == 2
     for result in (listed, missing, usage):
         assert secret not in result.stdout + result.stderr
+
+
+def _leaf_commands(group: Any, path: tuple[str, ...] = ()) -> list[tuple[str, ...]]:
+    found = []
+    for name, command in group.commands.items():
+        if hasattr(command, "commands"):
+            found.extend(_leaf_commands(command, (*path, name)))
+        else:
+            found.append((*path, name))
+    return found
+
+
+def test_every_client_command_has_help_with_an_example(cli: Cli) -> None:
+    import typer
+
+    from ims.cli.main import app
+
+    root = typer.main.get_command(app)
+    client_groups = {"public-keys", "recipes", "images", "jobs", "deleted", "remote-build-nodes"}
+    leaves = [path for path in _leaf_commands(root) if path[0] in client_groups]
+    assert len(leaves) >= 40
+    for path in leaves:
+        result = cli(*path, "--help")
+        assert result.exit_code == 0, path
+        assert "Example: ims " in result.stdout, path

@@ -27,8 +27,7 @@ def start_job_server(
     """An IMS with fast stage polling; `data_dir` and `port` bring a stopped server back as it was."""
     env = dict(FAST_STAGES)
     env.update(extra)
-    args = ["--port", str(port)] if port is not None else None  # the last --port wins
-    return start_ims_server(data_dir or work_root / f"ims-jobs-{uuid.uuid4().hex[:8]}", s3_env, env, args)
+    return start_ims_server(data_dir or work_root / f"ims-jobs-{uuid.uuid4().hex[:8]}", s3_env, env, port=port)
 
 
 def jobs_dir(server: ImsServer) -> Path:
@@ -47,7 +46,9 @@ def add_image(api: httpx.Client, image: RegisteredImage, arch: str = "x86_64") -
     return str(response.json()["id"])
 
 
-def post_customize(api: httpx.Client, image_id: str, key_id: str, *, jail: bool = False, **extra: Any) -> dict[str, Any]:
+def post_customize(
+    api: httpx.Client, image_id: str, key_id: str, *, jail: bool = False, **extra: Any
+) -> dict[str, Any]:
     body = {
         "job_type": "customize",
         "artifact_id": image_id,
@@ -61,9 +62,7 @@ def post_customize(api: httpx.Client, image_id: str, key_id: str, *, jail: bool 
     return dict(response.json())
 
 
-def wait_status(
-    api: httpx.Client, job_id: str, wanted: Iterable[str], timeout: float = 90.0
-) -> dict[str, Any]:
+def wait_status(api: httpx.Client, job_id: str, wanted: Iterable[str], timeout: float = 90.0) -> dict[str, Any]:
     """Poll the job until its status is one of `wanted`; a final status that is not wanted fails at once."""
     wanted = set(wanted)
     deadline = time.monotonic() + timeout

@@ -2,15 +2,28 @@
 
 from __future__ import annotations
 
+import os
+import signal
 import time
 from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
-from tests.jobs.kit import add_image, jobs_dir, logs, post_customize, ssh_job, wait_status
-from tests.stages.kit import KeyPair
-from tests.support.images import RegisteredImage, md5_of, read_from_squashfs
+from tests.jobs.kit import (
+    add_image,
+    add_public_key,
+    jobs_dir,
+    logs,
+    post_customize,
+    processes_of,
+    ssh_job,
+    stage_pid,
+    wait_gone,
+    wait_status,
+)
+from tests.stages.kit import KeyPair, LocalImage, wait_for
+from tests.support.images import RegisteredImage, md5_of, read_from_squashfs, register_in_s3
 from tests.support.servers import ImsServer
 
 from ims.artifacts.s3 import ArtifactStore
@@ -71,7 +84,9 @@ def test_customize_changes_the_image(
 
     if jail:
         # The user's `/` is the image root; the flag lives in its /tmp.
-        change = ssh_job(job_key, waiting, "echo jailed-change > /etc/motd && cat /etc/os-release && touch /tmp/complete")
+        change = ssh_job(
+            job_key, waiting, "echo jailed-change > /etc/motd && cat /etc/os-release && touch /tmp/complete"
+        )
     else:
         change = ssh_job(
             job_key,
@@ -115,18 +130,23 @@ def test_keys_open_only_their_own_job(
     job_server: ImsServer,
     jobs_api: httpx.Client,
     artifact_store: ArtifactStore,
-    base_image: Any,
+    base_image: LocalImage,
     job_key: KeyPair,
     second_key: KeyPair,
     key_id: str,
 ) -> None:
-    from tests.jobs.kit import add_public_key
-    from tests.support.images import register_in_s3
-
-    first = post_customize(jobs_api, add_image(jobs_api, register_in_s3(artifact_store, base_image.root, base_image.archive)), key_id, jail=True)
+    first = post_customize(
+        jobs_api,
+        add_image(jobs_api, register_in_s3(artifact_store, base_image.root, base_image.archive)),
+        key_id,
+        jail=True,
+    )
     second_key_id = add_public_key(jobs_api, second_key)
     second = post_customize(
-        jobs_api, add_image(jobs_api, register_in_s3(artifact_store, base_image.root, base_image.archive)), second_key_id, jail=True
+        jobs_api,
+        add_image(jobs_api, register_in_s3(artifact_store, base_image.root, base_image.archive)),
+        second_key_id,
+        jail=True,
     )
     first = wait_status(jobs_api, first["id"], {"waiting_on_user"})
     second = wait_status(jobs_api, second["id"], {"waiting_on_user"})
@@ -158,9 +178,6 @@ def test_a_wrong_key_cannot_log_in(
 def test_deleting_a_waiting_job_stops_sshd_and_removes_its_directory(
     job_server: ImsServer, jobs_api: httpx.Client, stored_image: RegisteredImage, job_key: KeyPair, key_id: str
 ) -> None:
-    from tests.jobs.kit import processes_of, wait_gone
-    from tests.stages.kit import wait_for
-
     job = post_customize(jobs_api, add_image(jobs_api, stored_image), key_id, jail=True)
     waiting = wait_status(jobs_api, job["id"], {"waiting_on_user"})
     assert ssh_job(job_key, waiting, "true").returncode == 0
@@ -177,12 +194,6 @@ def test_deleting_a_waiting_job_stops_sshd_and_removes_its_directory(
 def test_killing_the_stage_marks_the_job_error(
     job_server: ImsServer, jobs_api: httpx.Client, stored_image: RegisteredImage, key_id: str
 ) -> None:
-    import os
-    import signal
-
-    from tests.jobs.kit import processes_of, stage_pid
-    from tests.stages.kit import wait_for
-
     job = post_customize(jobs_api, add_image(jobs_api, stored_image), key_id, jail=True)
     wait_status(jobs_api, job["id"], {"waiting_on_user"})
     os.kill(stage_pid(job["id"]), signal.SIGKILL)

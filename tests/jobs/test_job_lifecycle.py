@@ -135,7 +135,9 @@ def test_the_user_wait_limit_ends_a_job(
         assert "no complete or failed signal within 3 s" in ended["status_reason"]
 
         # A stage that hangs (SIGSTOP) cannot end itself: the reconciler does, and its worker stops it.
-        job = post_customize(api, add_image(api, register_in_s3(artifact_store, base_image.root, base_image.archive)), key_id)
+        job = post_customize(
+            api, add_image(api, register_in_s3(artifact_store, base_image.root, base_image.archive)), key_id
+        )
         wait_status(api, job["id"], {"waiting_on_user"})
         os.kill(stage_pid(job["id"]), signal.SIGSTOP)
         ended = wait_status(api, job["id"], {"error"}, timeout=30)
@@ -166,7 +168,12 @@ def test_stand_alone_workers_share_the_jobs_and_never_run_one_twice(
         with httpx.Client(base_url=server.url, timeout=30) as api:
             key_id = add_public_key(api, job_key)
             jobs = [
-                post_customize(api, add_image(api, register_in_s3(artifact_store, base_image.root, base_image.archive)), key_id, jail=True)
+                post_customize(
+                    api,
+                    add_image(api, register_in_s3(artifact_store, base_image.root, base_image.archive)),
+                    key_id,
+                    jail=True,
+                )
                 for _ in range(4)
             ]
             ready = [wait_status(api, job["id"], {"waiting_on_user"}, timeout=120) for job in jobs]

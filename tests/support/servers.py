@@ -41,9 +41,13 @@ class ImsServer:
 
 
 def start_ims_server(
-    data_dir: Path, s3_env: dict[str, str], extra_env: dict[str, str] | None = None, args: list[str] | None = None
+    data_dir: Path,
+    s3_env: dict[str, str],
+    extra_env: dict[str, str] | None = None,
+    args: list[str] | None = None,
+    port: int | None = None,
 ) -> ImsServer:
-    port = free_port()
+    port = port or free_port()
     data_dir.mkdir(parents=True, exist_ok=True)
     env = dict(os.environ)
     env.update(s3_env)

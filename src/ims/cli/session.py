@@ -30,7 +30,7 @@ from ims.client.transfer import TrackedStore, TransferError
 
 F = TypeVar("F", bound=Callable[..., Any])
 
-CONNECTION_PANEL = "Connection (also IMS_API_URL, IMS_TOKEN, IMS_CA_BUNDLE, ~/.config/ims/config.toml)"
+CONNECTION_PANEL = "Connection (or IMS_API_URL, IMS_TOKEN, IMS_CA_BUNDLE, config file)"
 
 
 class BoolWord(StrEnum):

@@ -78,7 +78,7 @@ class TrackedStore(ArtifactStore):
             self.progress.finish(label)
 
     def download_file(self, location: S3Location, path: Path, progress: Advance | None = None) -> None:
-        label = f"download {path.name}"
+        label = f"download {PurePosixPath(location.key).name}"
         if progress is None:
             info = self.head(location)
             progress = self.progress.start(label, info.size if info else None)

@@ -20,7 +20,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -45,9 +45,12 @@ def safe_job_id(job_id: str) -> str:
 class LocalRunner:
     name = "local"
 
-    def __init__(self, jobs_dir: Path, *, python: str | None = None, host: str | None = None) -> None:
+    def __init__(
+        self, jobs_dir: Path, *, stage_command: Sequence[str] | None = None, host: str | None = None
+    ) -> None:
         self.jobs_dir = Path(os.path.abspath(jobs_dir))
-        self.python = python or sys.executable
+        # The stage's name is appended: `python -m ims.stages customize` unless told otherwise.
+        self.stage_command = list(stage_command or [sys.executable, "-m", "ims.stages"])
         self.host = host or socket.gethostname()
         self._children: dict[int, subprocess.Popen[bytes]] = {}
         self._lock = threading.Lock()
@@ -90,8 +93,8 @@ class LocalRunner:
             self._remove(stale)
         image = self._make_tree(spec.job_id)
         log_path = self.log_path(spec.job_id)
-        argv = [self.python, "-m", "ims.jobs.nsinit", "--", self.python, "-m", "ims.stages", spec.stage]
-        append_line(log_path, f"starting `python -m ims.stages {spec.stage}` on {self.host} in {image}")
+        argv = [sys.executable, "-m", "ims.jobs.nsinit", "--", *self.stage_command, spec.stage]
+        append_line(log_path, f"starting stage `{spec.stage}` on {self.host} in {image}")
         with log_path.open("ab") as out:
             os.chmod(log_path, 0o640)
             try:
@@ -133,7 +136,8 @@ class LocalRunner:
             child = self._children.pop(handle.pid, None)
         if child is None:
             return Exit(None)
-        return Exit(child.wait())
+        code = child.wait()
+        return Exit(128 - code if code < 0 else code)  # a signal death reads like a shell's status
 
     def stop(self, handle: RunnerHandle, grace: float) -> None:
         if not self.is_alive(handle):

@@ -170,9 +170,7 @@ def finish(database: Database, job_id: str, owner: str | None) -> None:
     """The job's process is gone and its directory cleaned: nobody needs to watch it any more."""
     with database.write() as conn:
         clause = table.c.owner.is_(None) if owner is None else table.c.owner == owner
-        conn.execute(
-            update(table).where(table.c.id == job_id, clause).values(phase=DONE, owner=None, lease_until=None)
-        )
+        conn.execute(update(table).where(table.c.id == job_id, clause).values(phase=DONE, owner=None, lease_until=None))
 
 
 def remove(database: Database, job_id: str) -> None:
@@ -184,9 +182,7 @@ def remove(database: Database, job_id: str) -> None:
 def unwatched(database: Database, owner: str) -> list[JobRow]:
     """Active jobs some other worker owns (the reconciler then checks whether that owner still lives)."""
     with database.read() as conn:
-        return rows(
-            conn, table.c.phase.in_(ACTIVE_PHASES), or_(table.c.owner.is_(None), table.c.owner != owner)
-        )
+        return rows(conn, table.c.phase.in_(ACTIVE_PHASES), or_(table.c.owner.is_(None), table.c.owner != owner))
 
 
 def take_over(database: Database, job_id: str, old_owner: str | None, owner: str, lease_seconds: float) -> bool:
@@ -226,6 +222,4 @@ def used_ssh_ports(conn: Connection) -> set[int]:
 def tombstone(conn: Connection, job_ids: Iterable[str]) -> None:
     ids = list(job_ids)
     if ids:
-        conn.execute(
-            update(table).where(and_(table.c.id.in_(ids), table.c.deleted.is_(None))).values(deleted=utcnow())
-        )
+        conn.execute(update(table).where(and_(table.c.id.in_(ids), table.c.deleted.is_(None))).values(deleted=utcnow()))

@@ -42,7 +42,9 @@ from ims.store.tables import jobs as jobs_table
 
 log = logging.getLogger(__name__)
 
-_RERUN = "Determine the specific information that is missing or invalid and then re-run the request with valid information."
+_RERUN = (
+    "Determine the specific information that is missing or invalid and then re-run the request with valid information."
+)
 _PLEASE = (
     "Please determine the specific information that is missing or invalid and then re-run the request with valid "
     "information."
@@ -197,9 +199,7 @@ class JobService:
                 # carries the same real address (IMS_SSH_HOST) as `customer_access`.
                 endpoint = {"host": settings.ssh_host, "port": port}
                 container["connection_info"] = {"customer_access": dict(endpoint), "cluster.local": dict(endpoint)}
-            self.repo.insert(
-                conn, record, phase=state.QUEUED, ssh_port=port, launch=launch, status_changed=utcnow()
-            )
+            self.repo.insert(conn, record, phase=state.QUEUED, ssh_port=port, launch=launch, status_changed=utcnow())
         self.ctx.notify_tasks()
         return record
 

@@ -10,9 +10,11 @@ from typing import Any
 
 from sqlalchemy import Connection
 
+from ims.artifacts.s3 import ArtifactError
 from ims.domain import schemas
 from ims.domain.errors import Conflict, NotFound, Unprocessable
 from ims.domain.links import link_location
+from ims.domain.manifest import MIME_MANIFEST
 from ims.domain.timeutil import format_timestamp, utcnow
 from ims.services.context import ServiceContext
 from ims.services.validation import check_link_unique, head_artifact, validate_image_link
@@ -33,6 +35,13 @@ _REPOS: dict[str, RecordRepository] = {
 
 def resource_key(kind: str, record_id: str) -> str:
     return f"{kind}:{record_id}"
+
+
+def _unreadable_manifest(link: dict[str, Any]) -> Unprocessable:
+    return Unprocessable(
+        f"Unable to read manifest file {link['path']}. Determine the specific information that is missing or "
+        "invalid and then re-run the request with valid information."
+    )
 
 
 def _same_link(stored: dict[str, Any] | None, sent: dict[str, Any]) -> bool:
@@ -280,20 +289,37 @@ class ImageService(RecordService):
     def _undelete(self, conn: Connection, record: dict[str, Any]) -> None:
         restore = self.repo.restore_link(conn, record["id"])
         link = record.get("link")
+        if restore is None and link is not None:
+            restore = self._link_in_deleted_manifest(link)
         if restore is not None and link is not None and link["path"] != restore.get("path"):
             if (
                 not has_unfinished(conn, resource_key(self.kind, record["id"]))
                 and self.ctx.artifacts.head(link_location(link)) is None
             ):
-                raise Unprocessable(
-                        f"Unable to read manifest file {link['path']}. Determine the specific information that is "
-                        "missing or invalid and then re-run the request with valid information."
-                    )
+                raise _unreadable_manifest(link)
             enqueue(conn, "image.undelete", resource_key(self.kind, record["id"]),
                     {"id": record["id"], "deleted_manifest": link["path"]})
             record["link"] = restore
         super()._undelete(conn, record)
         self.repo.set_columns(conn, record["id"], restore_link=None)
+
+    def _link_in_deleted_manifest(self, link: dict[str, Any]) -> dict[str, Any] | None:
+        """Images soft-deleted by the original IMS (imported data) have no stored restore link: as the
+        original's undelete does, take the manifest entry of their deleted_manifest.json."""
+        location = link_location(link)
+        if not location.key.endswith("/deleted_manifest.json"):
+            return None
+        try:
+            manifest = self.ctx.artifacts.read_json(location)
+        except ArtifactError:
+            raise _unreadable_manifest(link) from None
+        for entry in manifest.get("artifacts", []) if isinstance(manifest, dict) else []:
+            moved = entry.get("link") if isinstance(entry, dict) else None
+            if entry.get("type") == MIME_MANIFEST and isinstance(moved, dict):
+                restored = link_location(moved).undeleted()
+                if restored is not None:
+                    return {"path": restored.url, "etag": moved.get("etag", ""), "type": moved.get("type", "s3")}
+        return None
 
     def _hard_delete(self, conn: Connection, record: dict[str, Any], cascade: bool) -> None:
         if cascade and record.get("link") is not None:

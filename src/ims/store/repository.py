@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 from typing import Any
 
-from sqlalchemy import Connection, Table, delete, func, insert, select, update
+from sqlalchemy import Connection, Table, delete, func, insert, select, text, update
 
 from ims.domain.timeutil import format_timestamp, parse_timestamp
 from ims.store import tables
@@ -95,7 +95,13 @@ class RecordRepository:
         return [row.id for row in conn.execute(query.order_by(self.table.c.created, self.table.c.id))]
 
     def find_link_user(self, conn: Connection, path: str, exclude_id: str | None = None) -> str | None:
-        """The id of an active record whose link has this path."""
+        """The id of an active record whose link has this path.
+
+        On PostgreSQL this also locks the path until the transaction ends, so two transactions that check then
+        claim one path queue up instead of both finding it free (SQLite serializes its writers already)."""
+        if conn.dialect.name == "postgresql":
+            key = f"{self.table.name}:{path}"
+            conn.execute(text("SELECT pg_advisory_xact_lock(hashtextextended(:key, 0))"), {"key": key})
         query = select(self.table.c.id).where(self.table.c.link_path == path, self.table.c.deleted.is_(None))
         if exclude_id is not None:
             query = query.where(self.table.c.id != exclude_id)
