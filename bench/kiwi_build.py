@@ -28,7 +28,7 @@ from ims.client.transfer import file_md5  # noqa: E402
 from ims.domain.links import S3Location  # noqa: E402
 from ims.embedded.seaweedfs import SeaweedFS  # noqa: E402
 from ims.stages.apt_sources import debian_archive_uri  # noqa: E402
-from ims.stages.build import BuildFailed, build_image, kiwi_executable  # noqa: E402
+from ims.stages.build import ISOLATE_ARGV, BuildFailed, build_image, kiwi_executable  # noqa: E402
 from ims.stages.create_env import CreateSettings  # noqa: E402
 from ims.stages.environment import JobEnvironment  # noqa: E402
 from ims.stages.recipe_fetch import fetch_recipe  # noqa: E402
@@ -59,7 +59,7 @@ def by_hand(recipe: str, work: Path, values: dict[str, str]) -> float:
     start = time.monotonic()
     # Own mount namespace, as the stage runs it: a broken build leaves no mounts on this host.
     result = subprocess.run(
-        ["unshare", "--mount", "--propagation", "private", "--pid", "--fork", "--kill-child", "--mount-proc", *argv],
+        [*ISOLATE_ARGV, *argv],
         stdout=subprocess.DEVNULL,
         stderr=subprocess.STDOUT,
         check=False,

@@ -177,3 +177,9 @@ def test_patch_of_an_unknown_id_is_404_whatever_the_body(api: httpx.Client) -> N
 
 def test_post_reads_the_body_before_anything_else(api: httpx.Client) -> None:
     assert_message(api.post("/v3/images", content=b"x", headers={"content-type": "text/plain"}), 415, NOT_JSON)
+
+
+@pytest.mark.parametrize("method", ["HEAD", "OPTIONS"])
+def test_head_and_options_are_not_answered(api: httpx.Client, method: str) -> None:
+    """Ours: 405 (Flask answered them automatically; no client uses them; see docs/compatibility.md)."""
+    assert api.request(method, "/v3/images").status_code == 405

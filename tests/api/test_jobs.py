@@ -576,9 +576,19 @@ def test_list_filters_and_paging(fresh: tuple[httpx.Client, str, str], artifact_
         jobs[1]["id"],
         jobs[2]["id"],
     ]
-    assert_problem(api.get("/v3/jobs", params={"status": "bogus"}), 400)
-    assert_problem(api.get("/v3/jobs", params={"job_type": "CREATE"}), 400)
-    assert_problem(api.get("/v3/jobs", params={"limit": 0}), 400)
+    assert_problem(
+        api.get("/v3/jobs", params={"status": "bogus"}),
+        400,
+        "Invalid query parameters.",
+        {"status": ["Must be one of: " + ", ".join(STATUSES) + "."]},
+    )
+    assert_problem(
+        api.get("/v3/jobs", params={"job_type": "CREATE"}),
+        400,
+        "Invalid query parameters.",
+        {"job_type": ["Must be one of: create, customize."]},
+    )
+    assert_problem(api.get("/v3/jobs", params={"limit": 0}), 400, "Invalid query parameters.")
 
 
 def _title_only(response: httpx.Response, message: str) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -17,6 +18,7 @@ from tests.support.contract import (
     assert_no_content,
     assert_problem,
 )
+from tests.support.servers import start_ims_server
 
 KEY = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIO6ExampleKeyOnlyForTests test@ims"
 
@@ -141,3 +143,23 @@ def test_list_paging(fresh_api: httpx.Client) -> None:
     assert fresh_api.get("/v3/public-keys", params={"limit": 2, "offset": 3}).json() == made[3:]
     assert_problem(fresh_api.get("/v3/public-keys", params={"limit": 0}), 400)
     assert_problem(fresh_api.get("/v3/public-keys", params={"offset": "x"}), 400)
+
+
+
+@pytest.mark.slow
+def test_writes_after_a_v2_collection_delete_survive_a_restart(tmp_path: Path, s3_env: dict[str, str]) -> None:
+    """The original stopped saving a table after a v2 collection DELETE until its next restart."""
+    first = start_ims_server(tmp_path / "ims", s3_env)
+    try:
+        with httpx.Client(base_url=first.url) as client:
+            create(client, "")
+            assert_no_content(client.delete("/public-keys"))
+            kept = create(client, "", name="after")
+    finally:
+        first.stop()
+    second = start_ims_server(tmp_path / "ims", s3_env)
+    try:
+        with httpx.Client(base_url=second.url) as client:
+            assert client.get("/public-keys").json() == [kept]
+    finally:
+        second.stop()

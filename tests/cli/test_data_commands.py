@@ -47,6 +47,7 @@ def subset(record: dict[str, Any], like: dict[str, Any]) -> dict[str, Any]:
     return {key: record.get(key) for key in like}
 
 
+@pytest.mark.slow
 def test_import_then_serve(tmp_path: Path, serve: Any) -> None:
     data_dir = tmp_path / "ims"
     result = ims(data_dir, "import", str(data.write_files(tmp_path / "in")))
@@ -86,6 +87,7 @@ def test_bad_input_imports_nothing(tmp_path: Path) -> None:
     assert data.read_files(tmp_path / "out") == {name: [] for name in data.all_files()}
 
 
+@pytest.mark.slow
 def test_existing_ids_replace_and_dry_run(tmp_path: Path) -> None:
     data_dir, source = tmp_path / "ims", data.write_files(tmp_path / "in")
     checked = ims(data_dir, "import", "--dry-run", str(source))
@@ -102,6 +104,7 @@ def test_missing_directory(tmp_path: Path) -> None:
     assert result.returncode == 1 and "not a directory" in result.stderr
 
 
+@pytest.mark.slow
 def test_export_of_records_made_through_the_api(tmp_path: Path, serve: Any, artifact_store: ArtifactStore) -> None:
     data_dir = tmp_path / "ims"
     api = serve(data_dir)
@@ -134,6 +137,7 @@ def test_export_of_records_made_through_the_api(tmp_path: Path, serve: Any, arti
     assert data.read_files(tmp_path / "again") == files
 
 
+@pytest.mark.slow
 def test_export_strict(tmp_path: Path, serve: Any) -> None:
     data_dir = tmp_path / "ims"
     api = serve(data_dir)
@@ -161,6 +165,7 @@ def _soft_delete_like_the_original(store: ArtifactStore, image_id: str) -> None:
                    build_manifest(entries, "2024-02-03 03:03:03"))
 
 
+@pytest.mark.slow
 def test_records_deleted_by_the_original_can_be_undeleted(
     tmp_path: Path, serve: Any, artifact_store: ArtifactStore
 ) -> None:
@@ -168,8 +173,14 @@ def test_records_deleted_by_the_original_can_be_undeleted(
     recipe_key = f"recipes/{data.RECIPE_DELETED}/recipe.tar.gz"
     stored = put_recipe(artifact_store, recipe_id=data.RECIPE_DELETED)
     artifact_store.move(S3Location(RECIPE_BUCKET, recipe_key), S3Location(RECIPE_BUCKET, f"deleted/{recipe_key}"))
+    # A deleted recipe whose link is not under deleted/ (its rename had failed): undelete keeps the link.
+    unmoved = put_recipe(artifact_store)
+    files = data.all_files()
+    files["v3.2_deleted_recipes.json"].append(
+        dict(data.deleted_recipes()[0], id=unmoved.recipe_id, link=unmoved.link, deleted="2024-02-04T00:00:00")
+    )
     data_dir = tmp_path / "ims"
-    assert ims(data_dir, "import", str(data.write_files(tmp_path / "in"))).returncode == 0
+    assert ims(data_dir, "import", str(data.write_files(tmp_path / "in", files))).returncode == 0
     api = serve(data_dir)
 
     assert api.patch(f"/v3/deleted/images/{data.IMAGE_DELETED}", json={"operation": "undelete"}).status_code == 204
@@ -179,6 +190,8 @@ def test_records_deleted_by_the_original_can_be_undeleted(
     wait_for_objects(artifact_store, BOOT_BUCKET, present=keys,
                      absent=[f"deleted/{key}" for key in keys] + [f"deleted/{data.IMAGE_DELETED}/deleted_manifest.json"])
 
-    assert api.patch(f"/v3/deleted/recipes/{data.RECIPE_DELETED}", json={"operation": "undelete"}).status_code == 204
+    # The collection undelete (the original answered 500 on the link outside deleted/).
+    assert api.patch("/v3/deleted/recipes", json={"operation": "undelete"}).status_code == 204
     assert api.get(f"/v3/recipes/{data.RECIPE_DELETED}").json()["link"]["path"] == stored.link["path"]
+    assert api.get(f"/v3/recipes/{unmoved.recipe_id}").json()["link"] == unmoved.link
     wait_for_objects(artifact_store, RECIPE_BUCKET, present=[recipe_key], absent=[f"deleted/{recipe_key}"])

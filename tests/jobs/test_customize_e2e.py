@@ -203,7 +203,8 @@ def test_killing_the_stage_marks_the_job_error(
     assert "killed by SIGKILL" in ended["status_reason"]
     assert "waiting_on_user" in ended["status_reason"]
     wait_for(lambda: not processes_of(job["id"]), 20, "sshd to go with the stage")
-    assert not (jobs_dir(job_server) / job["id"] / "image").exists()
+    image_dir = jobs_dir(job_server) / job["id"] / "image"
+    wait_for(lambda: not image_dir.exists(), 20, "the work directory to be removed")
     assert "killed by SIGKILL" in logs(jobs_api, job["id"])
 
 

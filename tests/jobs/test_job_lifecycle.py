@@ -8,6 +8,7 @@ import subprocess
 import sys
 import threading
 import time
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -27,7 +28,7 @@ from tests.jobs.kit import (
 )
 from tests.stages.kit import KeyPair, LocalImage, wait_for
 from tests.support.images import register_in_s3
-from tests.support.servers import ImsServer
+from tests.support.servers import ImsServer, PostgresCluster
 
 from ims.artifacts.s3 import ArtifactStore
 
@@ -235,3 +236,42 @@ def test_following_the_log_ends_with_the_job(
         assert "job status -> success" in text and "the job's process exited with status 0" in text
         assert api.get(f"/v3/jobs/{job['id']}/logs").text == text
         assert api.get("/v3/jobs/00000000-0000-4000-8000-000000000000/logs").status_code == 404
+
+
+@pytest.mark.postgres
+def test_jobs_on_postgresql(
+    work_root: Path,
+    s3_env: dict[str, str],
+    artifact_store: ArtifactStore,
+    base_image: LocalImage,
+    job_key: KeyPair,
+    servers: list[ImsServer],
+    postgres: PostgresCluster,
+) -> None:
+    url = postgres.create_database(f"jobs_{uuid.uuid4().hex[:8]}")
+    server = start_job_server(work_root, s3_env, IMS_DATABASE_URL=url)
+    servers.append(server)
+    worker = _start_worker(server)  # a second claimer on the same rows
+    try:
+        with httpx.Client(base_url=server.url, timeout=30) as api:
+            key_id = add_public_key(api, job_key)
+            jobs = [
+                post_customize(
+                    api,
+                    add_image(api, register_in_s3(artifact_store, base_image.root, base_image.archive)),
+                    key_id,
+                    jail=True,
+                )
+                for _ in range(3)
+            ]
+            for job in jobs:
+                waiting = wait_status(api, job["id"], {"waiting_on_user"})
+                assert logs(api, job["id"]).count("launched the job") == 1
+                assert ssh_job(job_key, waiting, "touch /tmp/complete").returncode == 0
+            for job in jobs:
+                assert wait_status(api, job["id"], {"success"})["resultant_image_id"]
+            assert_gone = api.delete("/v3/jobs", params={"status": "success"})
+            assert assert_gone.status_code == 204 and api.get("/v3/jobs").json() == []
+    finally:
+        os.killpg(worker.pid, signal.SIGTERM)
+        worker.wait(20)

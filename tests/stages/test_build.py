@@ -108,6 +108,33 @@ def test_unsupported_build_type_fails_before_kiwi(tmp_path: Path) -> None:
     assert "job status -> building_image" in out.getvalue()
 
 
+def _minimal_recipe(env: JobEnvironment, manager: str = "apt") -> None:
+    recipe = env.image_root_parent / "recipe"
+    recipe.mkdir()
+    (recipe / "config.xml").write_text(
+        f'<image name="x"><preferences><packagemanager>{manager}</packagemanager><type image="tbz"/>'
+        "</preferences></image>"
+    )
+
+
+@pytest.mark.parametrize(
+    ("settings", "manager", "reason"),
+    [
+        (CreateSettings(kiwi="/nonexistent/kiwi-ng"), "apt", "is not installed"),
+        (CreateSettings(ca_cert_file="/nonexistent/ca.crt"), "apt", "does not exist"),
+        (CreateSettings(ca_cert_file=__file__), "conda", "package manager 'conda'"),
+    ],
+)
+def test_setup_problems_fail_the_build_with_the_flag(
+    tmp_path: Path, settings: CreateSettings, manager: str, reason: str
+) -> None:
+    env, reporter, _ = _job(tmp_path)
+    _minimal_recipe(env, manager)
+    with pytest.raises(BuildFailed, match=reason):
+        build_image(env, reporter, settings)
+    assert (env.image_root_parent / BUILD_FAILED).exists()
+
+
 # --- real builds ------------------------------------------------------------------------------------------
 
 

@@ -14,7 +14,10 @@ from tests.support.images import RegisteredImage
 
 from ims.artifacts.s3 import ArtifactStore, S3Config
 
-pytestmark = pytest.mark.skipif(not Path("/usr/sbin/sshd").exists(), reason="openssh-server is not installed")
+pytestmark = [
+    pytest.mark.slow,
+    pytest.mark.skipif(not Path("/usr/sbin/sshd").exists(), reason="openssh-server is not installed"),
+]
 
 
 def _launch(env: dict[str, str], log: Path) -> subprocess.Popen[bytes]:

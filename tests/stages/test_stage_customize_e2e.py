@@ -81,16 +81,20 @@ def test_customize_job_produces_a_new_image_with_the_change(
 
     assert image["name"] == f"customized-{jail}"
     manifest = artifact_store.read_json(S3Location.parse(image["link"]["path"]))
-    rootfs = next(a for a in manifest["artifacts"] if a["type"] == "application/vnd.cray.image.rootfs.squashfs")
-    location = S3Location.parse(rootfs["link"]["path"])
-    head = artifact_store.head(location)
-    assert head is not None and head.etag == rootfs["link"]["etag"]
-    assert head.metadata["md5sum"] == rootfs["md5"]
-    assert head.metadata["x-shasta-ims-job-id"] == job_id
-    local = work_root / f"{job_id}.sqsh"
-    artifact_store.download_file(location, local)
-    assert md5_of(local) == rootfs["md5"]
-    assert read_from_squashfs(local, "etc/motd", work_root) == b"customized\n"
+    assert len(manifest["artifacts"]) == 4
+    for artifact in manifest["artifacts"]:
+        location = S3Location.parse(artifact["link"]["path"])
+        head = artifact_store.head(location)
+        assert head is not None and head.etag == artifact["link"]["etag"]
+        assert head.metadata["md5sum"] == artifact["md5"]
+        assert head.metadata["x-shasta-ims-job-id"] == job_id
+        assert head.metadata["x-shasta-ims-image-id"] == image["id"]
+        local = work_root / f"{job_id}-{location.key.rsplit('/', 1)[-1]}"
+        artifact_store.download_file(location, local)
+        assert md5_of(local) == artifact["md5"]
+    archive = work_root / f"{job_id}-rootfs"
+    assert read_from_squashfs(archive, "etc/motd", work_root) == b"customized\n"
+    assert read_from_squashfs(archive, "etc/os-release", work_root).count(b'VERSION_ID="base"') == 1
     listing = json.dumps(manifest)
     for kind in ("kernel", "initrd", "parameters.boot"):
         assert f"application/vnd.cray.image.{kind}" in listing

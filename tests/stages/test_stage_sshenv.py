@@ -195,3 +195,25 @@ def test_dkms_mounts_exist_only_for_the_session(
     assert ssh(user_key, ssh_port, "touch /tmp/complete").returncode == 0
     assert stage.join() is Verdict.COMPLETE
     assert list((job_dir / "image-root" / "sys").iterdir()) == []
+
+
+def test_a_root_owned_job_tree_is_jailed_without_a_bind_mount(
+    test_image: LocalImage, user_key: KeyPair, ssh_port: int
+) -> None:
+    import tempfile
+
+    tree = Path(tempfile.mkdtemp(prefix="ims-stage-test-", dir="/run"))
+    try:
+        tree.chmod(0o755)
+        job_dir = tree / "job"
+        job_dir.mkdir(mode=0o755)
+        stage, log = _start(job_dir, test_image, user_key, ssh_port, jail=True)
+        assert chroot_safe(job_dir / "image-root")
+        seen = ssh(user_key, ssh_port, "cat /etc/os-release && touch /tmp/complete")
+        assert seen.returncode == 0, seen.stderr
+        assert "ID=imstest" in seen.stdout
+        assert stage.join() is Verdict.COMPLETE
+        assert "bind-mounted" not in log.text()  # type: ignore[attr-defined]
+        assert f"jailed in {job_dir}/image-root" in log.text()  # type: ignore[attr-defined]
+    finally:
+        shutil.rmtree(tree)

@@ -120,13 +120,18 @@ def fail(database: Database, job_id: str, reason: str) -> bool:
 # --- the owning worker
 def claim_queued(database: Database, owner: str, lease_seconds: float, limit: int) -> list[JobRow]:
     claimed: list[JobRow] = []
+    query = (
+        select(table.c.id)
+        .where(table.c.phase == QUEUED, table.c.owner.is_(None), table.c.deleted.is_(None))
+        .order_by(table.c.created, table.c.id)
+        .limit(limit)
+    )
+    # Workers poll often: look first, so an idle poll never takes SQLite's write lock.
+    with database.read() as conn:
+        if conn.execute(query).first() is None:
+            return claimed
     with database.write() as conn:
-        candidates = conn.execute(
-            select(table.c.id)
-            .where(table.c.phase == QUEUED, table.c.owner.is_(None), table.c.deleted.is_(None))
-            .order_by(table.c.created, table.c.id)
-            .limit(limit)
-        ).all()
+        candidates = conn.execute(query).all()
         for candidate in candidates:
             now = utcnow()
             taken = conn.execute(

@@ -123,7 +123,7 @@ class JobWorker:
             self.reconciler.run()
         self._launch_queued()
         self._watch()
-        if time.monotonic() - self._last_renew >= self.lease_seconds / 4:
+        if self.watching() and time.monotonic() - self._last_renew >= self.lease_seconds / 4:
             self._last_renew = time.monotonic()
             state.renew(self.database, self.owner, self.lease_seconds)
 

@@ -101,16 +101,19 @@ class JobService:
         offset: int = 0,
     ) -> list[dict[str, Any]]:
         where: list[Any] = []
+        errors: dict[str, list[str]] = {}
         if statuses:
             wanted = [status.lower() for status in statuses]
-            for status in wanted:
-                if status not in JOB_STATUSES:
-                    raise BadRequest(f"Unsupported status {status} in query parameters. {_RERUN}")
+            if any(status not in JOB_STATUSES for status in wanted):
+                errors["status"] = ["Must be one of: " + ", ".join(JOB_STATUSES) + "."]
             where.append(jobs_table.c.status.in_(wanted))
         if job_type:
             if job_type not in JOB_TYPES:
-                raise BadRequest(f"Unsupported job_type {job_type} in query parameters. {_RERUN}")
+                errors["job_type"] = ["Must be one of: " + ", ".join(JOB_TYPES) + "."]
             where.append(jobs_table.c.job_type == job_type)
+        if errors:
+            # The shape every list's bad query value gets (the app's query-validation answer).
+            raise BadRequest("Invalid query parameters.", errors)
         with self.ctx.database.read() as conn:
             return self.repo.fetch(conn, limit=limit, offset=offset, where=where)
 

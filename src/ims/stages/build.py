@@ -50,7 +50,7 @@ _CA_DISTRIBUTIONS = {
 }
 _ERROR_LINE = re.compile(r"^\[\s*ERROR\s*\]:\s*(?:\d\d:\d\d:\d\d\s*\|\s*)?(.*)$")
 _REASON_LIMIT = 1000
-_ISOLATE = ["unshare", "--mount", "--propagation", "private", "--pid", "--fork", "--kill-child", "--mount-proc"]
+ISOLATE_ARGV = ["unshare", "--mount", "--propagation", "private", "--pid", "--fork", "--kill-child", "--mount-proc"]
 
 
 class BuildFailed(StageError):
@@ -74,6 +74,9 @@ class BuildResult:
 
 def kiwi_executable(settings: CreateSettings) -> str:
     if settings.kiwi:
+        # Checked here: under unshare a missing program is only a non-zero exit with no kiwi log.
+        if not (Path(settings.kiwi).is_file() and os.access(settings.kiwi, os.X_OK)):
+            raise StageError(f"kiwi-ng {settings.kiwi} is not installed")
         return settings.kiwi
     beside = Path(sys.executable).parent / "kiwi-ng"
     if beside.is_file():
@@ -97,7 +100,7 @@ def kiwi_argv(
     ca_distribution: str = "",
     isolate: bool = True,
 ) -> list[str]:
-    argv = [*(_ISOLATE if isolate else []), kiwi]
+    argv = [*(ISOLATE_ARGV if isolate else []), kiwi]
     if debug:
         argv.append("--debug")
     argv += ["--logfile", str(log_path)]
@@ -205,6 +208,7 @@ def build_image(env: JobEnvironment, reporter: Reporter, settings: CreateSetting
     log_path = parent / "kiwi.log"
     failed_flag = parent / BUILD_FAILED
     failed_flag.unlink(missing_ok=True)
+    log_path.unlink(missing_ok=True)  # kiwi appends: an old run's errors must not become this run's reason
 
     def fail(reason: str) -> BuildFailed:
         failed_flag.touch()
@@ -222,22 +226,28 @@ def build_image(env: JobEnvironment, reporter: Reporter, settings: CreateSetting
     if kind == "tbz":
         runtime_config = parent / "kiwi-runtime.yml"
         runtime_config.write_text("xz:\n  options: -0 -T0\n")
-    ca = _prepare_ca(settings, description, recipe, parent)
-    argv = kiwi_argv(
-        kiwi_executable(settings),
-        description=recipe,
-        target=parent,
-        build_type=kind,
-        log_path=log_path,
-        debug=settings.enable_debug,
-        runtime_config=runtime_config,
-        ca_cert=ca,
-        ca_distribution=_CA_DISTRIBUTIONS.get(description.package_manager, ""),
-        isolate=os.geteuid() == 0 and shutil.which("unshare") is not None,
-    )
+    try:
+        ca = _prepare_ca(settings, description, recipe, parent)
+        argv = kiwi_argv(
+            kiwi_executable(settings),
+            description=recipe,
+            target=parent,
+            build_type=kind,
+            log_path=log_path,
+            debug=settings.enable_debug,
+            runtime_config=runtime_config,
+            ca_cert=ca,
+            ca_distribution=_CA_DISTRIBUTIONS.get(description.package_manager, ""),
+            isolate=os.geteuid() == 0 and shutil.which("unshare") is not None,
+        )
+    except StageError as exc:
+        raise fail(str(exc)) from exc
     reporter.say("running " + " ".join(argv))
     start = time.monotonic()
-    returncode = _stream(argv, reporter.out)
+    try:
+        returncode = _stream(argv, reporter.out)
+    except StageError as exc:
+        raise fail(str(exc)) from exc
     seconds = time.monotonic() - start
     reporter.say(f"kiwi-ng exited with {returncode} after {seconds:.1f} s")
     if returncode != 0:

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import hashlib
+import queue
+import threading
 import time
 from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
@@ -11,12 +13,33 @@ import httpx
 
 from ims.stages.reporting import Reporter, StageError
 
-CHUNK = 1024 * 1024
 _FATAL_STATUSES = frozenset(range(400, 500)) - {408, 425, 429}
 
 
 class _Retryable(Exception):
     pass
+
+
+class _BackgroundMd5:
+    """Hash in a second thread: hashlib drops the GIL on large updates, so the md5 overlaps the transfer."""
+
+    def __init__(self) -> None:
+        self._queue: queue.Queue[bytes | None] = queue.Queue(maxsize=64)
+        self._md5 = hashlib.md5()  # noqa: S324 - md5 is the checksum the contract uses
+        self._thread = threading.Thread(target=self._run, name="ims-md5", daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        while (chunk := self._queue.get()) is not None:
+            self._md5.update(chunk)
+
+    def update(self, chunk: bytes) -> None:
+        self._queue.put(chunk)
+
+    def hexdigest(self) -> str:
+        self._queue.put(None)
+        self._thread.join()
+        return self._md5.hexdigest()
 
 
 def redact_url(url: str) -> str:
@@ -36,7 +59,7 @@ def download(
 ) -> tuple[str, int]:
     """Download to `dest`; return (md5 hex, size). The md5 is taken while the bytes arrive."""
     shown = redact_url(url)
-    hasher = hashlib.md5()  # noqa: S324 - md5 is the checksum the contract uses
+    hasher = _BackgroundMd5()
     written = 0
     timeout = httpx.Timeout(60.0, connect=30.0)
     with httpx.Client(verify=verify, timeout=timeout, follow_redirects=True) as http, dest.open("wb") as out:
@@ -50,13 +73,15 @@ def download(
                         if written:
                             out.seek(0)
                             out.truncate()
-                            hasher = hashlib.md5()  # noqa: S324
+                            hasher.hexdigest()  # ends the old thread
+                            hasher = _BackgroundMd5()
                             written = 0
                     elif response.status_code in _FATAL_STATUSES:
                         raise StageError(f"download of {shown} refused: HTTP {response.status_code}")
                     else:
                         raise _Retryable(f"HTTP {response.status_code}")
-                    for chunk in response.iter_bytes(CHUNK):
+                    # No re-chunking (iter_bytes(size) copies every byte once more).
+                    for chunk in response.iter_bytes():
                         out.write(chunk)
                         hasher.update(chunk)
                         written += len(chunk)

@@ -56,40 +56,61 @@ def squash(env: JobEnvironment, reporter: Reporter, image_root: Path) -> Path:
     return output
 
 
-def package(
-    env: JobEnvironment, reporter: Reporter, client: ImsClient | None, image_root: Path | None = None
-) -> UploadResult:
-    reporter.status("packaging_artifacts")
+def _require_upload_settings(env: JobEnvironment, client: ImsClient | None) -> tuple[ImsClient, ArtifactStore]:
     if client is None:
         raise StageError("IMS_URL is not set: cannot register the new image")
     if env.s3 is None:
         raise StageError("S3_ENDPOINT is not set: cannot upload the new image")
     if not env.image_root_archive_name:
         raise StageError("IMAGE_ROOT_ARCHIVE_NAME is not set")
-    root = image_root or env.image_root
-    if not root.is_dir():
-        raise StageError(f"no image root at {root}")
-    kernel, initrd, parameters = boot_files(env, root)
-    reporter.say(f"kernel {kernel}, initrd {initrd}, kernel parameters {parameters or 'none'}")
-    archive = squash(env, reporter, root)
+    return client, ArtifactStore(env.s3)
 
+
+def publish(
+    env: JobEnvironment,
+    reporter: Reporter,
+    client: ImsClient | None,
+    *,
+    rootfs: Path,
+    kernel: Path,
+    initrd: Path,
+    parameters: Path | None,
+) -> UploadResult:
+    """Register a new image from finished artifacts, point the job at it and mark the job `success`."""
+    ims, store = _require_upload_settings(env, client)
     start = time.monotonic()
     result = upload_image_artifacts(
-        client,
-        ArtifactStore(env.s3),
+        ims,
+        store,
         name=env.image_root_archive_name,
         arch=env.build_arch,
         job_id=env.job_id,
-        rootfs=archive,
+        rootfs=rootfs,
         kernel=kernel,
         initrd=initrd,
         kernel_parameters=parameters,
         bucket=env.boot_images_bucket,
         progress=reporter.say,
     )
-    seconds = time.monotonic() - start
-    size = archive.stat().st_size
-    reporter.say(f"uploaded image {result.image['id']} in {seconds:.2f} s ({size / max(seconds, 1e-6) / 1e6:.1f} MB/s)")
-    archive.unlink()
+    seconds = max(time.monotonic() - start, 1e-6)
+    size = rootfs.stat().st_size
+    reporter.say(f"uploaded image {result.image['id']} in {seconds:.2f} s ({size / seconds / 1e6:.1f} MB/s)")
     reporter.status("success")
+    return result
+
+
+def package(
+    env: JobEnvironment, reporter: Reporter, client: ImsClient | None, image_root: Path | None = None
+) -> UploadResult:
+    """Squash the image root and publish it: the original's package_and_upload."""
+    reporter.status("packaging_artifacts")
+    _require_upload_settings(env, client)
+    root = image_root or env.image_root
+    if not root.is_dir():
+        raise StageError(f"no image root at {root}")
+    kernel, initrd, parameters = boot_files(env, root)
+    reporter.say(f"kernel {kernel}, initrd {initrd}, kernel parameters {parameters or 'none'}")
+    archive = squash(env, reporter, root)
+    result = publish(env, reporter, client, rootfs=archive, kernel=kernel, initrd=initrd, parameters=parameters)
+    archive.unlink()
     return result

@@ -35,14 +35,14 @@ def sshenv(env: JobEnvironment, reporter: Reporter) -> Verdict:
     bind_source, chroot = _prepare_jail(env.image_root) if env.ssh_jail else (None, None)
     places = signal_places(env)
     places.clear()
-    resolv = ResolvSwap(env.image_root, files.directory)
-    if resolv.swap_in():
-        reporter.say("the image uses the host's resolv.conf while the SSH environment is up")
     # In the namespace the image is seen at the bind target when there is one.
     seen_as = JAIL_MOUNT_POINT if bind_source is not None else env.image_root
     mounts = dkms_mounts(env.image_root, seen_as) if env.dkms_enabled else []
     server = SshServer(env, files, bind_source, chroot, mounts)
+    resolv = ResolvSwap(env.image_root, files.directory)
     try:
+        if resolv.swap_in():
+            reporter.say("the image uses the host's resolv.conf while the SSH environment is up")
         server.start()
         took = server.wait_ready()
         if not env.ssh_jail:

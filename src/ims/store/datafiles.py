@@ -203,8 +203,12 @@ def _source(directory: Path, spec: DataFile) -> Path | None:
 
 
 def _raw_id(raw: Any, key: str) -> str | None:
+    """The record's id as given, made safe to print: it comes from the file, unchecked."""
     value = raw.get(key) if isinstance(raw, dict) else None
-    return value if isinstance(value, str) else None
+    if not isinstance(value, str):
+        return None
+    shown = value if value.isprintable() else repr(value)
+    return shown if len(shown) <= 80 else shown[:77] + "..."
 
 
 def _read_file(path: Path, spec: DataFile, report: Report) -> list[_Loaded]:

@@ -23,11 +23,14 @@ class RecordRepository:
 
     # --- mapping
     def to_record(self, row: Any) -> dict[str, Any]:
-        record = dict(row.data)
-        record[self.key] = row.id
-        record["created"] = format_timestamp(row.created)
-        if row.deleted is not None:
-            record["deleted"] = format_timestamp(row.deleted)
+        """A row of (id, created, deleted, data), in that order, as its wire-shaped record."""
+        # Positional unpacking and no copy of the freshly parsed `data`: this runs once per row of a list.
+        record_id, created, deleted, data = row[0], row[1], row[2], row[3]
+        record: dict[str, Any] = data
+        record[self.key] = record_id
+        record["created"] = format_timestamp(created)
+        if deleted is not None:
+            record["deleted"] = format_timestamp(deleted)
         return record
 
     def _values(self, record: dict[str, Any]) -> dict[str, Any]:
@@ -59,7 +62,8 @@ class RecordRepository:
         return self.to_record(row) if row is not None else None
 
     def get_any(self, conn: Connection, record_id: str) -> dict[str, Any] | None:
-        row = conn.execute(select(self.table).where(self.table.c.id == record_id)).first()
+        columns = [self.table.c[name] for name in _COLUMNS]
+        row = conn.execute(select(*columns).where(self.table.c.id == record_id)).first()
         return self.to_record(row) if row is not None else None
 
     def fetch(
