@@ -179,7 +179,18 @@ def test_post_reads_the_body_before_anything_else(api: httpx.Client) -> None:
     assert_message(api.post("/v3/images", content=b"x", headers={"content-type": "text/plain"}), 415, NOT_JSON)
 
 
-@pytest.mark.parametrize("method", ["HEAD", "OPTIONS"])
-def test_head_and_options_are_not_answered(api: httpx.Client, method: str) -> None:
-    """Ours: 405 (Flask answered them automatically; no client uses them; see docs/compatibility.md)."""
-    assert api.request(method, "/v3/images").status_code == 405
+def test_head_is_a_get_without_body(api: httpx.Client) -> None:
+    get = api.get("/v3/images")
+    head = api.head("/v3/images")
+    assert head.status_code == 200 and head.content == b""
+    assert head.headers["content-length"] == get.headers["content-length"]
+    assert api.head("/v3/images/unknown").status_code == 404
+
+
+def test_options_lists_the_allowed_methods(api: httpx.Client) -> None:
+    collection = api.options("/v3/images")
+    assert collection.status_code == 200
+    assert set(collection.headers["allow"].split(", ")) == {"GET", "HEAD", "OPTIONS", "POST", "DELETE"}
+    item = api.options("/v3/images/any-id")
+    assert set(item.headers["allow"].split(", ")) == {"GET", "HEAD", "OPTIONS", "PATCH", "DELETE"}
+    assert api.options("/v3/nothing-here").status_code == 404

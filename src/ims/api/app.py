@@ -10,9 +10,10 @@ from typing import Any
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.openapi.utils import get_openapi
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, Response
 from fastapi.routing import APIRoute
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.routing import Match
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from ims import __version__
@@ -63,6 +64,44 @@ class BodySizeLimit:
         await response(scope, receive, send)
 
 
+class HeadAndOptions:
+    """Answer HEAD as GET without a body and OPTIONS with an `Allow` header, as Flask did for the original."""
+
+    def __init__(self, app: ASGIApp, router: Any) -> None:
+        self.app = app
+        self.router = router
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or scope["method"] not in ("HEAD", "OPTIONS"):
+            await self.app(scope, receive, send)
+            return
+        if scope["method"] == "OPTIONS":
+            allowed = self._allowed(scope)
+            if allowed:
+                response = Response(status_code=200, headers={"Allow": ", ".join(sorted(allowed))})
+                await response(scope, receive, send)
+                return
+            await self.app(scope, receive, send)
+            return
+
+        async def send_headers_only(message: Message) -> None:
+            if message["type"] == "http.response.body":
+                message = {"type": "http.response.body", "body": b"", "more_body": message.get("more_body", False)}
+            await send(message)
+
+        await self.app(dict(scope, method="GET"), receive, send_headers_only)
+
+    def _allowed(self, scope: Scope) -> set[str]:
+        allowed = {
+            method
+            for method in ("GET", "POST", "PUT", "PATCH", "DELETE")
+            if any(route.matches(dict(scope, method=method))[0] == Match.FULL for route in self.router.routes)
+        }
+        if allowed:
+            allowed |= {"OPTIONS"} | ({"HEAD"} if "GET" in allowed else set())
+        return allowed
+
+
 def _unique_id(route: APIRoute) -> str:
     method = sorted(route.methods or {"get"})[0].lower()
     path = route.path.replace("{", "").replace("}", "").strip("/").replace("/", "_").replace("-", "_")
@@ -108,6 +147,7 @@ def create_app(services: Services, *, start_workers: Callable[[], Callable[[], N
 
     _install_error_handlers(app)
     app.add_middleware(BodySizeLimit, limit=services.ctx.settings.max_body_bytes)
+    app.add_middleware(HeadAndOptions, router=app.router)
     app.openapi = lambda: _openapi(app)  # type: ignore[method-assign]
     return app
 

@@ -70,12 +70,6 @@ def responses(
     return result
 
 
-def document(*extra: type[BaseModel]) -> None:
-    """Publish schemas no route references yet (clients generate code from the components)."""
-    for model in extra:
-        ref(model)
-
-
 def documented_schemas() -> dict[str, Any]:
     """JSON schemas of every model referenced above, nested models included, sorted by name."""
     schemas: dict[str, Any] = {}
@@ -105,8 +99,6 @@ _TOO_LARGE = "#/components/responses/BodyTooLarge"
 
 def finish(schema: dict[str, Any]) -> dict[str, Any]:
     """Fill in what FastAPI's generator does not know about our error handling, tags and security."""
-    # The job schemas are published whether or not the jobs routes reference them yet.
-    document(models.JobInput, models.JobPatch, models.JobRecord)
     components = schema.setdefault("components", {})
     components.setdefault("schemas", {}).update(documented_schemas())
     components["responses"] = {"BodyTooLarge": error_response(413)}
