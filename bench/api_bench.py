@@ -85,10 +85,15 @@ def run_wrk(url: str, operation: str, ids: list[str], connections: int, duration
     script = scratch / f"{operation}.lua"
     script.write_text(_lua_ids(ids) + "math.randomseed(os.time())\n" + SCRIPTS[operation] + DONE)
     threads = min(2, connections)
-    argv = ["wrk", f"-t{threads}", f"-c{connections}", f"-d{max(1, round(duration))}s", "--timeout", "30s", "-s", str(script), url]
+    seconds = max(1, round(duration))
+    argv = ["wrk", f"-t{threads}", f"-c{connections}", f"-d{seconds}s", "--timeout", "30s", "-s", str(script), url]
     output = subprocess.run(argv, check=True, capture_output=True, text=True).stdout
-    rps = float(re.search(r"Requests/sec:\s+([\d.]+)", output).group(1))  # type: ignore[union-attr]
-    figures = dict(pair.split("=") for pair in re.search(r"BENCH (.*)", output).group(1).split())  # type: ignore[union-attr]
+    rate = re.search(r"Requests/sec:\s+([\d.]+)", output)
+    summary = re.search(r"BENCH (.*)", output)
+    if rate is None or summary is None:
+        raise RuntimeError(f"unexpected wrk output:\n{output}")
+    rps = float(rate.group(1))
+    figures = dict(pair.split("=", 1) for pair in summary.group(1).split())
     return Result("", operation, connections, int(figures["requests"]), rps, float(figures["p50"]),
                   float(figures["p99"]), int(figures["non2xx"]) + int(figures["errors"]))
 

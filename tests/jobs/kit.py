@@ -103,6 +103,13 @@ def ssh_job(key: KeyPair, record: dict[str, Any], command: str, network: str = "
     return ssh(key, port, command, host=host)
 
 
+def ssh_ok(api: httpx.Client, key: KeyPair, record: dict[str, Any], command: str) -> str:
+    """Run a command over the job's SSH; fail with sshd's side of the story when it does not work."""
+    result = ssh_job(key, record, command)
+    assert result.returncode == 0, f"ssh: {result.returncode} {result.stderr}\n{logs(api, record['id'])}"
+    return str(result.stdout)
+
+
 def processes_of(job_id: str) -> list[int]:
     """Pids whose environment names the job (the stage and what it started)."""
     found = []

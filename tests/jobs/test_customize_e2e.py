@@ -18,6 +18,7 @@ from tests.jobs.kit import (
     post_customize,
     processes_of,
     ssh_job,
+    ssh_ok,
     stage_pid,
     wait_gone,
     wait_status,
@@ -119,7 +120,7 @@ def test_failed_signal_ends_in_error_without_an_image(
     job = post_customize(jobs_api, add_image(jobs_api, stored_image), key_id, jail=True)
     waiting = wait_status(jobs_api, job["id"], {"waiting_on_user"})
     images_before = {image["id"] for image in jobs_api.get("/v3/images").json()}
-    assert ssh_job(job_key, waiting, "touch /tmp/failed").returncode == 0
+    ssh_ok(jobs_api, job_key, waiting, "touch /tmp/failed")
     ended = wait_status(jobs_api, job["id"], {"error"})
     assert ended["resultant_image_id"] is None
     assert "failed" in (ended["status_reason"] or "")
@@ -150,7 +151,7 @@ def test_keys_open_only_their_own_job(
     )
     first = wait_status(jobs_api, first["id"], {"waiting_on_user"})
     second = wait_status(jobs_api, second["id"], {"waiting_on_user"})
-    assert ssh_job(job_key, first, "touch /tmp/first-was-here").returncode == 0
+    ssh_ok(jobs_api, job_key, first, "touch /tmp/first-was-here")
 
     # The second job's key is refused by the first job's sshd, and the first key by the second's.
     refused = ssh_job(second_key, first, "true")
@@ -180,7 +181,7 @@ def test_deleting_a_waiting_job_stops_sshd_and_removes_its_directory(
 ) -> None:
     job = post_customize(jobs_api, add_image(jobs_api, stored_image), key_id, jail=True)
     waiting = wait_status(jobs_api, job["id"], {"waiting_on_user"})
-    assert ssh_job(job_key, waiting, "true").returncode == 0
+    ssh_ok(jobs_api, job_key, waiting, "true")
     job_dir = jobs_dir(job_server) / job["id"]
     assert (job_dir / "image" / "image-root").is_dir()
 
@@ -213,7 +214,7 @@ def test_secrets_stay_out_of_records_and_logs(
 ) -> None:
     job = post_customize(jobs_api, add_image(jobs_api, stored_image), key_id, jail=True)
     waiting = wait_status(jobs_api, job["id"], {"waiting_on_user"})
-    assert ssh_job(job_key, waiting, "touch /tmp/failed").returncode == 0
+    ssh_ok(jobs_api, job_key, waiting, "touch /tmp/failed")
     wait_status(jobs_api, job["id"], {"error"})
     secret = job_server.env["S3_SECRET_KEY"]
     seen = [jobs_api.get(f"/v3/jobs/{job['id']}").text, jobs_api.get("/v3/jobs").text, logs(jobs_api, job["id"])]

@@ -9,8 +9,9 @@ import sys
 import threading
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -21,7 +22,7 @@ from tests.jobs.kit import (
     logs,
     post_customize,
     processes_of,
-    ssh_job,
+    ssh_ok,
     stage_pid,
     start_job_server,
     wait_status,
@@ -46,6 +47,24 @@ def _crash(server: ImsServer) -> None:
     server.process.wait(10)
 
 
+NewJob = Callable[..., dict[str, Any]]
+
+
+@pytest.fixture
+def new_job(artifact_store: ArtifactStore, base_image: LocalImage, job_key: KeyPair) -> NewJob:
+    """Post a customize job of a fresh copy of the test image, with the session's key, to a server."""
+    keys: dict[str, str] = {}
+
+    def make(api: httpx.Client, jail: bool = True) -> dict[str, Any]:
+        url = str(api.base_url)
+        if url not in keys:
+            keys[url] = add_public_key(api, job_key)
+        image_id = add_image(api, register_in_s3(artifact_store, base_image.root, base_image.archive))
+        return post_customize(api, image_id, keys[url], jail=jail)
+
+    return make
+
+
 @pytest.fixture
 def servers() -> Iterator[list[ImsServer]]:
     started: list[ImsServer] = []
@@ -60,19 +79,16 @@ def servers() -> Iterator[list[ImsServer]]:
 def test_a_restarted_ims_adopts_its_running_job(
     work_root: Path,
     s3_env: dict[str, str],
-    artifact_store: ArtifactStore,
-    base_image: LocalImage,
     job_key: KeyPair,
     servers: list[ImsServer],
+    new_job: NewJob,
     how: str,
 ) -> None:
     # A long lease: adoption must come from seeing the old server's pid gone, not from the lease running out.
     first = start_job_server(work_root, s3_env, IMS_JOB_HEARTBEAT_TIMEOUT="300")
     servers.append(first)
     with httpx.Client(base_url=first.url, timeout=30) as api:
-        key_id = add_public_key(api, job_key)
-        image_id = add_image(api, register_in_s3(artifact_store, base_image.root, base_image.archive))
-        job = post_customize(api, image_id, key_id, jail=True)
+        job = new_job(api)
         waiting = wait_status(api, job["id"], {"waiting_on_user"})
     stage = stage_pid(job["id"])
     _crash(first) if how == "crash" else first.stop()
@@ -84,7 +100,7 @@ def test_a_restarted_ims_adopts_its_running_job(
     servers.append(second)
     with httpx.Client(base_url=second.url, timeout=30) as api:
         wait_for(lambda: "adopted the job" in logs(api, job["id"]), 20, "the new server to adopt the job")
-        assert ssh_job(job_key, waiting, "echo after-restart > /etc/motd && touch /tmp/complete").returncode == 0
+        ssh_ok(api, job_key, waiting, "echo after-restart > /etc/motd && touch /tmp/complete")
         done = wait_status(api, job["id"], {"success"})
         assert done["resultant_image_id"]
 
@@ -92,17 +108,13 @@ def test_a_restarted_ims_adopts_its_running_job(
 def test_a_job_that_died_while_ims_was_down_ends_in_error(
     work_root: Path,
     s3_env: dict[str, str],
-    artifact_store: ArtifactStore,
-    base_image: LocalImage,
-    job_key: KeyPair,
     servers: list[ImsServer],
+    new_job: NewJob,
 ) -> None:
     first = start_job_server(work_root, s3_env, IMS_JOB_HEARTBEAT_TIMEOUT="300")
     servers.append(first)
     with httpx.Client(base_url=first.url, timeout=30) as api:
-        key_id = add_public_key(api, job_key)
-        image_id = add_image(api, register_in_s3(artifact_store, base_image.root, base_image.archive))
-        job = post_customize(api, image_id, key_id, jail=True)
+        job = new_job(api)
         wait_status(api, job["id"], {"waiting_on_user"})
     _crash(first)
     launcher = min(processes_of(job["id"]))  # the first of the tree: the namespace launcher
@@ -120,25 +132,19 @@ def test_a_job_that_died_while_ims_was_down_ends_in_error(
 def test_the_user_wait_limit_ends_a_job(
     work_root: Path,
     s3_env: dict[str, str],
-    artifact_store: ArtifactStore,
-    base_image: LocalImage,
-    job_key: KeyPair,
     servers: list[ImsServer],
+    new_job: NewJob,
 ) -> None:
     server = start_job_server(work_root, s3_env, IMS_JOB_USER_WAIT_LIMIT="3")
     servers.append(server)
     with httpx.Client(base_url=server.url, timeout=30) as api:
-        key_id = add_public_key(api, job_key)
-        image_id = add_image(api, register_in_s3(artifact_store, base_image.root, base_image.archive))
-        job = post_customize(api, image_id, key_id, jail=True)
+        job = new_job(api)
         wait_status(api, job["id"], {"waiting_on_user"})
         ended = wait_status(api, job["id"], {"error"}, timeout=30)
         assert "no complete or failed signal within 3 s" in ended["status_reason"]
 
         # A stage that hangs (SIGSTOP) cannot end itself: the reconciler does, and its worker stops it.
-        job = post_customize(
-            api, add_image(api, register_in_s3(artifact_store, base_image.root, base_image.archive)), key_id
-        )
+        job = new_job(api, jail=False)
         wait_status(api, job["id"], {"waiting_on_user"})
         os.kill(stage_pid(job["id"]), signal.SIGSTOP)
         ended = wait_status(api, job["id"], {"error"}, timeout=30)
@@ -157,26 +163,16 @@ def _start_worker(server: ImsServer) -> subprocess.Popen[bytes]:
 def test_stand_alone_workers_share_the_jobs_and_never_run_one_twice(
     work_root: Path,
     s3_env: dict[str, str],
-    artifact_store: ArtifactStore,
-    base_image: LocalImage,
     job_key: KeyPair,
     servers: list[ImsServer],
+    new_job: NewJob,
 ) -> None:
     server = start_job_server(work_root, s3_env, IMS_RUN_WORKERS="false")
     servers.append(server)
     workers = [_start_worker(server) for _ in range(3)]
     try:
         with httpx.Client(base_url=server.url, timeout=30) as api:
-            key_id = add_public_key(api, job_key)
-            jobs = [
-                post_customize(
-                    api,
-                    add_image(api, register_in_s3(artifact_store, base_image.root, base_image.archive)),
-                    key_id,
-                    jail=True,
-                )
-                for _ in range(4)
-            ]
+            jobs = [new_job(api) for _ in range(4)]
             ready = [wait_status(api, job["id"], {"waiting_on_user"}, timeout=120) for job in jobs]
             launchers = set()
             for job in ready:
@@ -184,7 +180,7 @@ def test_stand_alone_workers_share_the_jobs_and_never_run_one_twice(
                 assert text.count("launched the job") == 1, text
                 launchers.add(text.split("worker ", 1)[1].split(" launched", 1)[0])
             for job in ready:
-                assert ssh_job(job_key, job, "touch /tmp/complete").returncode == 0
+                ssh_ok(api, job_key, job, "touch /tmp/complete")
             for job in ready:
                 assert wait_status(api, job["id"], {"success"})["resultant_image_id"]
             print(f"jobs launched by {len(launchers)} of 3 workers")
@@ -202,17 +198,14 @@ def jobs_api_ok(api: httpx.Client) -> bool:
 def test_following_the_log_ends_with_the_job(
     work_root: Path,
     s3_env: dict[str, str],
-    artifact_store: ArtifactStore,
-    base_image: LocalImage,
     job_key: KeyPair,
     servers: list[ImsServer],
+    new_job: NewJob,
 ) -> None:
     server = start_job_server(work_root, s3_env)
     servers.append(server)
     with httpx.Client(base_url=server.url, timeout=60) as api:
-        key_id = add_public_key(api, job_key)
-        image_id = add_image(api, register_in_s3(artifact_store, base_image.root, base_image.archive))
-        job = post_customize(api, image_id, key_id, jail=True)
+        job = new_job(api)
         chunks: list[str] = []
         content_types: list[str] = []
 
@@ -227,7 +220,7 @@ def test_following_the_log_ends_with_the_job(
         waiting = wait_status(api, job["id"], {"waiting_on_user"})
         wait_for(lambda: "waiting_on_user" in "".join(chunks), 10, "the log to stream while the job runs")
         assert reader.is_alive()
-        assert ssh_job(job_key, waiting, "touch /tmp/complete").returncode == 0
+        ssh_ok(api, job_key, waiting, "touch /tmp/complete")
         wait_status(api, job["id"], {"success"})
         reader.join(30)
         assert not reader.is_alive(), "the followed log did not end with the job"
@@ -242,10 +235,9 @@ def test_following_the_log_ends_with_the_job(
 def test_jobs_on_postgresql(
     work_root: Path,
     s3_env: dict[str, str],
-    artifact_store: ArtifactStore,
-    base_image: LocalImage,
     job_key: KeyPair,
     servers: list[ImsServer],
+    new_job: NewJob,
     postgres: PostgresCluster,
 ) -> None:
     url = postgres.create_database(f"jobs_{uuid.uuid4().hex[:8]}")
@@ -254,20 +246,11 @@ def test_jobs_on_postgresql(
     worker = _start_worker(server)  # a second claimer on the same rows
     try:
         with httpx.Client(base_url=server.url, timeout=30) as api:
-            key_id = add_public_key(api, job_key)
-            jobs = [
-                post_customize(
-                    api,
-                    add_image(api, register_in_s3(artifact_store, base_image.root, base_image.archive)),
-                    key_id,
-                    jail=True,
-                )
-                for _ in range(3)
-            ]
+            jobs = [new_job(api) for _ in range(3)]
             for job in jobs:
                 waiting = wait_status(api, job["id"], {"waiting_on_user"})
                 assert logs(api, job["id"]).count("launched the job") == 1
-                assert ssh_job(job_key, waiting, "touch /tmp/complete").returncode == 0
+                ssh_ok(api, job_key, waiting, "touch /tmp/complete")
             for job in jobs:
                 assert wait_status(api, job["id"], {"success"})["resultant_image_id"]
             assert_gone = api.delete("/v3/jobs", params={"status": "success"})

