@@ -191,13 +191,14 @@ class ArtifactStore:
         if metadata is None or "md5sum" not in metadata:
             # The md5 is known only after the body went up; record it on the object as the original does.
             new_metadata = dict(metadata or {}, md5sum=md5)
-            self.client.copy_object(
-                Bucket=location.bucket,
-                Key=location.key,
-                CopySource={"Bucket": location.bucket, "Key": location.key},
-                Metadata=new_metadata,
-                ContentType=content_type,
-                MetadataDirective="REPLACE",
+            # The managed copy switches to a multipart (UploadPartCopy) copy above the threshold, so objects over
+            # AWS's 5 GB single-request copy limit work too; it stays server-side either way.
+            self.client.copy(
+                {"Bucket": location.bucket, "Key": location.key},
+                location.bucket,
+                location.key,
+                ExtraArgs={"Metadata": new_metadata, "ContentType": content_type, "MetadataDirective": "REPLACE"},
+                Config=_TRANSFER,
             )
         info = self.head(location)
         return (info.etag if info else ""), md5

@@ -154,7 +154,13 @@ class JobWorker:
             state.fail(self.database, row.id, f"the job could not be started: {exc}")
             state.finish(self.database, row.id, self.owner)
             return
-        state.record_launch(self.database, row.id, self.owner, handle)
+        try:
+            state.record_launch(self.database, row.id, self.owner, handle)
+        except Exception:
+            # A process nobody can find again must not live on: stop it, then report as any launch failure.
+            self.runner.stop(handle, STOP_GRACE_SECONDS)
+            self.runner.exit(handle)
+            raise
         self._point_connection_info(row.id)
         append_line(self.runner.log_path(row.id), f"worker {self.owner} launched the job as pid {handle.pid}")
         log.info("job %s launched as pid %s", row.id, handle.pid)
