@@ -181,7 +181,7 @@ def main() -> int:
                   "S3_SECRET_KEY": config.secret_key}
         for backend in args.backends.split(","):
             if backend == "postgresql" and postgres is None:
-                postgres = PostgresCluster.start(scratch / "postgres")
+                postgres = PostgresCluster.start(scratch / "postgres", durable=True)  # fsync on, as SQLite
             results += bench_backend(backend, args, s3_env, scratch, postgres if backend == "postgresql" else None)
     finally:
         if postgres is not None:

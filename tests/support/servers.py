@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+import json
 import os
 import shutil
 import signal
@@ -12,6 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import httpx
+import sqlalchemy
 
 from ims.embedded.ports import free_port, wait_for_port
 
@@ -28,7 +31,12 @@ class ImsServer:
 
     def stop(self) -> None:
         if self.process is None or self.process.poll() is not None:
+            self._end_job_processes(wait=0)
             return
+        # Jobs outlive a server restart on purpose; a test server takes its jobs with it.
+        with contextlib.suppress(httpx.HTTPError):
+            httpx.delete(f"{self.url}/v3/jobs", timeout=30)
+        self._end_job_processes(wait=20)
         os.killpg(self.process.pid, signal.SIGTERM)
         try:
             self.process.wait(20)
@@ -36,8 +44,42 @@ class ImsServer:
             os.killpg(self.process.pid, signal.SIGKILL)
             self.process.wait(5)
 
+    def _job_pids(self) -> list[int]:
+        url = self.env.get("IMS_DATABASE_URL") or f"sqlite:///{self.data_dir / 'ims.sqlite3'}"
+        try:
+            engine = sqlalchemy.create_engine(url)
+            with engine.connect() as conn:
+                rows = conn.execute(sqlalchemy.text("SELECT runner FROM jobs WHERE runner IS NOT NULL")).all()
+            engine.dispose()
+        except Exception:
+            return []
+        pids = []
+        for (runner,) in rows:
+            handle = json.loads(runner) if isinstance(runner, str) else runner
+            if isinstance(handle, dict) and isinstance(handle.get("pid"), int):
+                pids.append(handle["pid"])
+        return pids
+
+    def _end_job_processes(self, wait: float) -> None:
+        """Wait for this server's job processes to end; kill (by PID) those still there."""
+        pids = [pid for pid in self._job_pids() if _is_job_process(pid)]
+        deadline = time.monotonic() + wait
+        while pids and time.monotonic() < deadline:
+            time.sleep(0.2)
+            pids = [pid for pid in pids if _is_job_process(pid)]
+        for pid in pids:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+
     def log(self) -> str:
         return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+
+
+def _is_job_process(pid: int) -> bool:
+    try:
+        return b"ims.jobs.nsinit" in Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
+        return False
 
 
 def start_ims_server(
@@ -103,7 +145,8 @@ class PostgresCluster:
         return subprocess.run(argv, check=True, capture_output=True, cwd="/")
 
     @classmethod
-    def start(cls, base: Path) -> PostgresCluster:
+    def start(cls, base: Path, *, durable: bool = False) -> PostgresCluster:
+        """`durable` keeps fsync on (benchmarks); tests run without it for speed."""
         if not (PG_BIN / "initdb").exists():
             raise RuntimeError("PostgreSQL 15 server binaries are not installed")
         base.mkdir(parents=True, exist_ok=True)
@@ -111,7 +154,7 @@ class PostgresCluster:
         if os.geteuid() == 0:
             shutil.chown(base, "postgres", "postgres")
         cluster._as_postgres([str(PG_BIN / "initdb"), "-D", str(base / "data"), "-A", "trust", "-U", "postgres"])
-        options = f"-c listen_addresses=127.0.0.1 -p {cluster.port} -k {base} -c fsync=off -c max_connections=200"
+        options = f"-c listen_addresses=127.0.0.1 -p {cluster.port} -k {base} -c fsync={'on' if durable else 'off'} -c max_connections=200"
         cluster._as_postgres(
             [str(PG_BIN / "pg_ctl"), "-D", str(base / "data"), "-l", str(base / "log"), "-o", options, "-w", "start"]
         )
