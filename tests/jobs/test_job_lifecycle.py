@@ -22,7 +22,7 @@ from tests.jobs.kit import (
     logs,
     post_customize,
     processes_of,
-    ssh_ok,
+    ssh_signal,
     stage_pid,
     start_job_server,
     wait_status,
@@ -38,6 +38,13 @@ pytestmark = pytest.mark.slow
 
 def _port(server: ImsServer) -> int:
     return int(server.url.rsplit(":", 1)[1])
+
+
+def _sigterm(server: ImsServer) -> None:
+    """Stop the server as systemd would (ImsServer.stop() would delete the jobs first)."""
+    assert server.process is not None
+    os.killpg(server.process.pid, signal.SIGTERM)
+    server.process.wait(20)
 
 
 def _crash(server: ImsServer) -> None:
@@ -91,7 +98,7 @@ def test_a_restarted_ims_adopts_its_running_job(
         job = new_job(api)
         waiting = wait_status(api, job["id"], {"waiting_on_user"})
     stage = stage_pid(job["id"])
-    _crash(first) if how == "crash" else first.stop()
+    _crash(first) if how == "crash" else _sigterm(first)
     assert stage in processes_of(job["id"])  # the job outlives its server
 
     second = start_job_server(
@@ -100,7 +107,7 @@ def test_a_restarted_ims_adopts_its_running_job(
     servers.append(second)
     with httpx.Client(base_url=second.url, timeout=30) as api:
         wait_for(lambda: "adopted the job" in logs(api, job["id"]), 20, "the new server to adopt the job")
-        ssh_ok(api, job_key, waiting, "echo after-restart > /etc/motd && touch /tmp/complete")
+        ssh_signal(api, job_key, waiting, "echo after-restart > /etc/motd && touch /tmp/complete")
         done = wait_status(api, job["id"], {"success"})
         assert done["resultant_image_id"]
 
@@ -180,7 +187,7 @@ def test_stand_alone_workers_share_the_jobs_and_never_run_one_twice(
                 assert text.count("launched the job") == 1, text
                 launchers.add(text.split("worker ", 1)[1].split(" launched", 1)[0])
             for job in ready:
-                ssh_ok(api, job_key, job, "touch /tmp/complete")
+                ssh_signal(api, job_key, job, "touch /tmp/complete")
             for job in ready:
                 assert wait_status(api, job["id"], {"success"})["resultant_image_id"]
             print(f"jobs launched by {len(launchers)} of 3 workers")
@@ -220,7 +227,7 @@ def test_following_the_log_ends_with_the_job(
         waiting = wait_status(api, job["id"], {"waiting_on_user"})
         wait_for(lambda: "waiting_on_user" in "".join(chunks), 10, "the log to stream while the job runs")
         assert reader.is_alive()
-        ssh_ok(api, job_key, waiting, "touch /tmp/complete")
+        ssh_signal(api, job_key, waiting, "touch /tmp/complete")
         wait_status(api, job["id"], {"success"})
         reader.join(30)
         assert not reader.is_alive(), "the followed log did not end with the job"
@@ -250,7 +257,7 @@ def test_jobs_on_postgresql(
             for job in jobs:
                 waiting = wait_status(api, job["id"], {"waiting_on_user"})
                 assert logs(api, job["id"]).count("launched the job") == 1
-                ssh_ok(api, job_key, waiting, "touch /tmp/complete")
+                ssh_signal(api, job_key, waiting, "touch /tmp/complete")
             for job in jobs:
                 assert wait_status(api, job["id"], {"success"})["resultant_image_id"]
             assert_gone = api.delete("/v3/jobs", params={"status": "success"})
