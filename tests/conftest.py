@@ -9,10 +9,10 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from tests.support.servers import ImsServer, PostgresCluster, start_ims_server
 
 from ims.artifacts.s3 import ArtifactStore, S3Config
 from ims.embedded.seaweedfs import SeaweedFS
+from tests.support.servers import ImsServer, PostgresCluster, start_ims_server
 
 BUCKETS = ["ims", "boot-images"]
 

@@ -138,6 +138,21 @@ def processes_of(job_id: str) -> list[int]:
     return found
 
 
+def _ppid(pid: int) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("PPid:"):
+            return int(line.split()[1])
+    return 0
+
+
+def launcher_pid(job_id: str) -> int:
+    """The job's namespace launcher: the one process of the job whose parent is not part of it."""
+    pids = set(processes_of(job_id))
+    roots = [pid for pid in pids if _ppid(pid) not in pids]
+    assert len(roots) == 1, roots
+    return roots[0]
+
+
 def stage_pid(job_id: str) -> int:
     """The `python -m ims.stages` process of the job."""
     for pid in processes_of(job_id):

@@ -19,6 +19,7 @@ from tests.jobs.kit import (
     add_image,
     add_public_key,
     delete_all_jobs,
+    launcher_pid,
     logs,
     post_customize,
     processes_of,
@@ -124,8 +125,7 @@ def test_a_job_that_died_while_ims_was_down_ends_in_error(
         job = new_job(api)
         wait_status(api, job["id"], {"waiting_on_user"})
     _crash(first)
-    launcher = min(processes_of(job["id"]))  # the first of the tree: the namespace launcher
-    os.kill(launcher, signal.SIGKILL)
+    os.kill(launcher_pid(job["id"]), signal.SIGKILL)  # init dies with it, and the namespace with init
     wait_for(lambda: not processes_of(job["id"]), 20, "the job's processes to end")
 
     second = start_job_server(work_root, s3_env, data_dir=first.data_dir, port=_port(first))
@@ -133,7 +133,8 @@ def test_a_job_that_died_while_ims_was_down_ends_in_error(
     with httpx.Client(base_url=second.url, timeout=30) as api:
         ended = wait_status(api, job["id"], {"error"}, timeout=20)
         assert "ended while no worker watched it" in ended["status_reason"]
-        assert not (first.data_dir / "jobs" / job["id"] / "image").exists()
+        image_dir = first.data_dir / "jobs" / job["id"] / "image"
+        wait_for(lambda: not image_dir.exists(), 20, "the work directory to be removed")
 
 
 def test_the_user_wait_limit_ends_a_job(
