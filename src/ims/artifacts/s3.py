@@ -20,6 +20,7 @@ from ims.domain.links import S3Location
 log = logging.getLogger(__name__)
 
 PART_SIZE = 64 * 1024 * 1024
+SINGLE_COPY_LIMIT = 5 * 1024**3  # AWS refuses a single-request copy of a larger object
 _TRANSFER = TransferConfig(
     multipart_threshold=PART_SIZE, multipart_chunksize=PART_SIZE, max_concurrency=4, use_threads=True
 )
@@ -191,17 +192,33 @@ class ArtifactStore:
         if metadata is None or "md5sum" not in metadata:
             # The md5 is known only after the body went up; record it on the object as the original does.
             new_metadata = dict(metadata or {}, md5sum=md5)
-            # The managed copy switches to a multipart (UploadPartCopy) copy above the threshold, so objects over
-            # AWS's 5 GB single-request copy limit work too; it stays server-side either way.
-            self.client.copy(
-                {"Bucket": location.bucket, "Key": location.key},
-                location.bucket,
-                location.key,
-                ExtraArgs={"Metadata": new_metadata, "ContentType": content_type, "MetadataDirective": "REPLACE"},
-                Config=_TRANSFER,
-            )
+            self._replace_metadata(location, new_metadata, content_type, reader.size)
         info = self.head(location)
         return (info.etag if info else ""), md5
+
+    def _replace_metadata(
+        self, location: S3Location, metadata: dict[str, str], content_type: str, size: int
+    ) -> None:
+        """Rewrite an object's metadata in place. A single CopyObject is a metadata-only change on most
+        servers but is refused above 5 GB; larger objects go through the managed (multipart) copy."""
+        source = {"Bucket": location.bucket, "Key": location.key}
+        if size <= SINGLE_COPY_LIMIT:
+            self.client.copy_object(
+                Bucket=location.bucket,
+                Key=location.key,
+                CopySource=source,
+                Metadata=metadata,
+                ContentType=content_type,
+                MetadataDirective="REPLACE",
+            )
+            return
+        self.client.copy(
+            source,
+            location.bucket,
+            location.key,
+            ExtraArgs={"Metadata": metadata, "ContentType": content_type, "MetadataDirective": "REPLACE"},
+            Config=_TRANSFER,
+        )
 
     def download_file(
         self, location: S3Location, path: Path, progress: Callable[[int], None] | None = None
