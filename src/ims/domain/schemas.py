@@ -148,7 +148,9 @@ class JobInput(Schema):
     )
     artifact_id = fields.UUID(required=True)
     public_key_id = fields.UUID(required=True)
-    image_root_archive_name = fields.Str(required=True, validate=_blank_name)
+    image_root_archive_name = fields.Str(
+        required=True, validate=validate.Length(min=1, error="image_root_archive_name field must not be blank")
+    )
     enable_debug = fields.Bool(load_default=False)
     build_env_size = fields.Int(validate=_size_rule)
     job_mem_size = fields.Int(validate=_size_rule)

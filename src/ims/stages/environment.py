@@ -102,6 +102,9 @@ class JobEnvironment:
     ssh_listen: str = "127.0.0.1"
     public_key: str = field(default="", repr=False)
     poll_seconds: float = 1.0
+    # After the verdict, sshd stays up this long so the session that wrote the flag (CFS's teardown over
+    # paramiko, a person's `touch`) gets its exit status before sshd goes.
+    session_grace_seconds: float = 2.0
     user_wait_limit: float = 0.0  # 0: wait for the user as long as it takes, like the original
     download_attempts: int = 20
     download_retry_seconds: float = 10.0
@@ -199,6 +202,7 @@ class JobEnvironment:
             ssh_listen=listen,
             public_key=_public_key(env),
             poll_seconds=_number(env, "IMS_POLL_SECONDS", 1.0, 0.05),
+            session_grace_seconds=_number(env, "IMS_SSH_GRACE_SECONDS", 2.0),
             user_wait_limit=_number(env, "IMS_JOB_USER_WAIT_LIMIT", 0.0),
             download_attempts=max(1, int(_number(env, "IMS_DOWNLOAD_ATTEMPTS", 20, 1))),
             download_retry_seconds=_number(env, "IMS_DOWNLOAD_RETRY_SECONDS", 10.0),

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import time
 from pathlib import Path
 
 from ims.stages.environment import JobEnvironment
@@ -62,6 +63,8 @@ def sshenv(env: JobEnvironment, reporter: Reporter) -> Verdict:
         reporter.status("waiting_on_user")
         verdict = places.wait(env.poll_seconds, env.user_wait_limit, server.running)
         reporter.say(f"user verdict: {verdict.value}")
+        if verdict in (Verdict.COMPLETE, Verdict.FAILED):
+            time.sleep(env.session_grace_seconds)
         if verdict is Verdict.SERVER_GONE:
             raise StageError(f"sshd exited while waiting for the user: {server.log_tail()}")
         if verdict is Verdict.TIMED_OUT:
