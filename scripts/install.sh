@@ -25,6 +25,6 @@ req=requirements.txt
 [[ $TEST == 1 ]] && req=requirements-test.txt
 .venv/bin/pip install -q --disable-pip-version-check -r "$req"
 .venv/bin/pip install -q --disable-pip-version-check --no-deps -e .
-if [[ $TEST == 1 && -f package.json ]]; then
-  npm install --no-audit --no-fund --silent >/dev/null
+if [[ $TEST == 1 ]]; then
+  bash scripts/install-test-tools.sh >/dev/null
 fi
