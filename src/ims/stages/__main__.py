@@ -10,6 +10,7 @@ from collections.abc import Callable
 from types import FrameType
 
 from ims.client.http import ImsClient
+from ims.stages.create import run_create
 from ims.stages.customize import make_client, run_customize, user_session_then_package
 from ims.stages.environment import JobEnvironment, JobEnvironmentError, token
 from ims.stages.package import package
@@ -28,6 +29,8 @@ def _package(env: JobEnvironment, reporter: Reporter) -> None:
 # name -> what runs with (environment, reporter); other job types add their stages here.
 StageBody = Callable[[JobEnvironment, Reporter], None]
 STAGES: dict[str, StageBody] = {"prepare": prepare, "sshenv": _sshenv, "package": _package}
+# Whole jobs (what the runner starts): every stage of the job type in order, in one process.
+JOBS: dict[str, Callable[[JobEnvironment], int]] = {"customize": run_customize, "create": run_create}
 
 
 def _stop_on_sigterm() -> None:
@@ -43,7 +46,7 @@ def _stop_on_sigterm() -> None:
 def main(argv: list[str] | None = None) -> int:
     _stop_on_sigterm()
     parser = argparse.ArgumentParser(prog="python -m ims.stages", description=__doc__)
-    parser.add_argument("stage", choices=[*STAGES, "customize"])
+    parser.add_argument("stage", choices=[*STAGES, *JOBS])
     args = parser.parse_args(argv)
     try:
         env = JobEnvironment.from_env()
@@ -51,8 +54,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"invalid job environment: {exc}", file=sys.stderr)
         _report_unusable_environment(str(exc))
         return 2
-    if args.stage == "customize":
-        return run_customize(env)
+    if args.stage in JOBS:
+        return JOBS[args.stage](env)
     client = make_client(env)
     reporter = Reporter(env.job_id, client)
     try:

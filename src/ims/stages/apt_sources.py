@@ -6,6 +6,7 @@ it in the recipe's template_dictionary.
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Iterable
 from pathlib import Path
 
@@ -87,3 +88,18 @@ def debian_archive_uri(suite: str = "bookworm", apt_root: Path = APT_ROOT) -> st
         if uri:
             return uri.rstrip("/")
     raise AptSourceNotFound(f"no apt source for suite {suite!r} under {apt_root}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    """`python -m ims.stages.apt_sources [SUITE]`: print the archive URI, e.g. for `--template debian_mirror=...`."""
+    args = sys.argv[1:] if argv is None else argv
+    try:
+        print(debian_archive_uri(args[0] if args else "bookworm"))
+    except AptSourceNotFound as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -29,6 +29,7 @@ from typing import Literal, TextIO
 from ims.stages.create_env import CreateSettings
 from ims.stages.environment import JobEnvironment
 from ims.stages.kiwi_config import Description, DescriptionError, read_description
+from ims.stages.kiwi_lock import kiwi_build_lock
 from ims.stages.recipe_fetch import recipe_dir
 from ims.stages.reporting import Reporter, StageError
 from ims.stages.rootpath import resolve_in_root
@@ -155,6 +156,12 @@ def _stream(argv: list[str], out: TextIO) -> int:
         while chunk := os.read(fd, 65536):
             out.write(chunk.decode(errors="replace"))
             out.flush()
+    except BaseException:
+        # Stopped (SIGTERM -> JobStopped) or broken: do not wait minutes for the build to finish.
+        # `unshare --fork` blocks SIGTERM, so it gets SIGKILL; --kill-child then takes kiwi's whole PID
+        # namespace down, and its mounts go with its mount namespace.
+        process.kill()
+        raise
     finally:
         process.stdout.close()
         returncode = process.wait()
@@ -242,13 +249,14 @@ def build_image(env: JobEnvironment, reporter: Reporter, settings: CreateSetting
         )
     except StageError as exc:
         raise fail(str(exc)) from exc
-    reporter.say("running " + " ".join(argv))
-    start = time.monotonic()
-    try:
-        returncode = _stream(argv, reporter.out)
-    except StageError as exc:
-        raise fail(str(exc)) from exc
-    seconds = time.monotonic() - start
+    with kiwi_build_lock(reporter.say):
+        reporter.say("running " + " ".join(argv))
+        start = time.monotonic()
+        try:
+            returncode = _stream(argv, reporter.out)
+        except StageError as exc:
+            raise fail(str(exc)) from exc
+        seconds = time.monotonic() - start
     reporter.say(f"kiwi-ng exited with {returncode} after {seconds:.1f} s")
     if returncode != 0:
         raise fail(last_error_line(log_path) or f"kiwi-ng exited with {returncode}")

@@ -50,6 +50,8 @@ class CreateSettings:
             repos_timeout=_seconds(env, "IMS_REPOS_TIMEOUT", _seconds(env, "TIMEOUT", DEFAULT_TIMEOUT)),
             repos_interval=_seconds(env, "IMS_REPOS_POLL_SECONDS", DEFAULT_INTERVAL),
             enable_debug=as_bool(env.get("ENABLE_DEBUG"), "ENABLE_DEBUG"),
-            ca_cert_file=env.get("IMS_CA_CERT_FILE", "").strip(),
+            # The original installs the CA its jobs trust (CA_CERT, the cluster CA) into every image it
+            # builds; IMS_CA_CERT_FILE, when set, names another one.
+            ca_cert_file=(env.get("IMS_CA_CERT_FILE", "").strip() or env.get("CA_CERT", "").strip()),
             kiwi=env.get("IMS_KIWI_NG", "").strip(),
         )

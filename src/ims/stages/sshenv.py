@@ -23,24 +23,29 @@ def _prepare_jail(image_root: Path) -> tuple[Path | None, Path]:
     return image_root, JAIL_MOUNT_POINT
 
 
-def signal_places(env: JobEnvironment) -> SignalPlaces:
-    return SignalPlaces(env.image_root_parent, env.image_root if env.ssh_jail else None)
+def signal_places(env: JobEnvironment, image_root: Path | None = None) -> SignalPlaces:
+    return SignalPlaces(env.image_root_parent, (image_root or env.image_root) if env.ssh_jail else None)
 
 
-def sshenv(env: JobEnvironment, reporter: Reporter) -> Verdict:
-    """Serve SSH until the user's verdict; sshd is gone and the flags are cleared when this returns."""
-    if not env.image_root.is_dir():
-        raise StageError(f"no image root at {env.image_root}; run prepare first")
+def sshenv(env: JobEnvironment, reporter: Reporter, image_root: Path | None = None) -> Verdict:
+    """Serve SSH until the user's verdict; sshd is gone and the flags are cleared when this returns.
+
+    `image_root` is the tree the session is about: the job's `image-root` unless told otherwise (a
+    create job's debug shell serves kiwi's `build/image-root`).
+    """
+    root = image_root or env.image_root
+    if not root.is_dir():
+        raise StageError(f"no image root at {root}; run prepare first")
     files = SshdFiles(env.sshd_dir)
     write_keys(files, env.public_key)
-    bind_source, chroot = _prepare_jail(env.image_root) if env.ssh_jail else (None, None)
-    places = signal_places(env)
+    bind_source, chroot = _prepare_jail(root) if env.ssh_jail else (None, None)
+    places = signal_places(env, root)
     places.clear()
     # In the namespace the image is seen at the bind target when there is one.
-    seen_as = JAIL_MOUNT_POINT if bind_source is not None else env.image_root
-    mounts = dkms_mounts(env.image_root, seen_as) if env.dkms_enabled else []
+    seen_as = JAIL_MOUNT_POINT if bind_source is not None else root
+    mounts = dkms_mounts(root, seen_as) if env.dkms_enabled else []
     server = SshServer(env, files, bind_source, chroot, mounts)
-    resolv = ResolvSwap(env.image_root, files.directory)
+    resolv = ResolvSwap(root, files.directory)
     try:
         if resolv.swap_in():
             reporter.say("the image uses the host's resolv.conf while the SSH environment is up")
@@ -49,14 +54,14 @@ def sshenv(env: JobEnvironment, reporter: Reporter) -> Verdict:
         if not env.ssh_jail:
             mode = "full shell"
         elif bind_source is None:
-            mode = f"jailed in {env.image_root}"
+            mode = f"jailed in {root}"
         else:
-            mode = f"jailed in {env.image_root}, bind-mounted at {chroot} for sshd's ownership rule"
+            mode = f"jailed in {root}, bind-mounted at {chroot} for sshd's ownership rule"
         reporter.say(f"sshd answers on {env.ssh_listen}:{env.ssh_port} after {took:.2f} s ({mode})")
         where = "/tmp" if env.ssh_jail else "$IMAGE_ROOT_PARENT"
         reporter.say(
             f"connect: ssh -p {env.ssh_port} root@{env.ssh_listen}; "
-            + ("" if env.ssh_jail else f"the image is at {env.image_root}; ")
+            + ("" if env.ssh_jail else f"the image is at {root}; ")
             + f"when done, touch {where}/complete "
             f"(or {where}/failed to discard the changes)"
         )
