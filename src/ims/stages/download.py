@@ -13,6 +13,7 @@ import urllib.request
 from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
 
+from ims.stages.environment import JobEnvironment
 from ims.stages.reporting import Reporter, StageError
 
 _FATAL_STATUSES = frozenset(range(400, 500)) - {408, 425, 429}
@@ -40,6 +41,28 @@ class _BackgroundMd5:
         self._queue.put(None)
         self._thread.join()
         return self._md5.hexdigest()
+
+
+def fetch_job_artifact(env: JobEnvironment, target: Path, reporter: Reporter, what: str) -> str:
+    """Download the job's DOWNLOAD_URL to `target` and check DOWNLOAD_MD5SUM; returns the md5."""
+    if not env.download_url:
+        raise StageError("DOWNLOAD_URL is not set")
+    verify = env.s3.verify if env.s3 is not None else (env.ca_cert or True)
+    start = time.monotonic()
+    md5, size = download(
+        env.download_url,
+        target,
+        reporter,
+        attempts=env.download_attempts,
+        retry_seconds=env.download_retry_seconds,
+        verify=verify,
+    )
+    seconds = max(time.monotonic() - start, 1e-6)
+    reporter.say(f"downloaded {what}: {size} bytes in {seconds:.2f} s ({size / seconds / 1e6:.1f} MB/s), md5 {md5}")
+    if env.download_md5sum and md5 != env.download_md5sum:
+        target.unlink(missing_ok=True)
+        raise StageError(f"md5 mismatch for the {what}: expected {env.download_md5sum}, got {md5}")
+    return md5
 
 
 def redact_url(url: str) -> str:

@@ -3,11 +3,10 @@
 from __future__ import annotations
 
 import shutil
-import time
 from pathlib import Path
 
 from ims.stages.create_env import CreateSettings
-from ims.stages.download import download
+from ims.stages.download import fetch_job_artifact
 from ims.stages.environment import JobEnvironment
 from ims.stages.reporting import Reporter, StageError
 from ims.stages.safe_extract import BadArchiveError, UnsafeArchiveError, safe_extract
@@ -36,20 +35,8 @@ def fetch_recipe(env: JobEnvironment, reporter: Reporter, settings: CreateSettin
         # A rerun in the same job directory starts from the archive again, not from a half-templated tree.
         shutil.rmtree(target)
     archive = parent / "recipe.tar.gz"
-    verify = env.s3.verify if env.s3 is not None else (env.ca_cert or True)
     try:
-        start = time.monotonic()
-        md5, size = download(
-            env.download_url,
-            archive,
-            reporter,
-            attempts=env.download_attempts,
-            retry_seconds=env.download_retry_seconds,
-            verify=verify,
-        )
-        reporter.say(f"downloaded recipe: {size} bytes in {time.monotonic() - start:.2f} s, md5 {md5}")
-        if env.download_md5sum and md5 != env.download_md5sum:
-            raise StageError(f"md5 mismatch for the recipe archive: expected {env.download_md5sum}, got {md5}")
+        fetch_job_artifact(env, archive, reporter, "recipe archive")
         try:
             names = safe_extract(archive, target)
         except (UnsafeArchiveError, BadArchiveError) as exc:
