@@ -9,11 +9,8 @@ while the process still runs, the owner stops it. Stages therefore need no heart
 from __future__ import annotations
 
 import logging
-import os
-import socket
 import threading
 import time
-import uuid
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -27,6 +24,7 @@ from ims.jobs.spec import build_spec
 from ims.settings import Settings
 from ims.store import repository
 from ims.store.db import Database
+from ims.tasks.loop import BackgroundLoop, make_owner_id
 
 log = logging.getLogger(__name__)
 
@@ -35,10 +33,6 @@ FINAL_GRACE_SECONDS = 5.0
 STOP_GRACE_SECONDS = 10.0
 RECONCILE_SECONDS = 2.0
 MAX_CLAIM = 4
-
-
-def make_owner_id() -> str:
-    return f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
 
 
 def last_line(path: Path, limit: int = 300) -> str:
@@ -62,7 +56,9 @@ class Watched:
     stopping: bool = False
 
 
-class JobWorker:
+class JobWorker(BackgroundLoop):
+    thread_name = "ims-job-worker"
+
     def __init__(
         self,
         database: Database,
@@ -72,51 +68,29 @@ class JobWorker:
         *,
         poll_seconds: float | None = None,
     ) -> None:
+        super().__init__(poll_seconds or settings.task_poll_seconds)
         self.database = database
         self.settings = settings
         self.artifacts = artifacts
         self.runner = runner
         self.owner = make_owner_id()
         self.lease_seconds = settings.job_heartbeat_timeout
-        self.poll_seconds = poll_seconds or settings.task_poll_seconds
         self.reconciler = Reconciler(database, settings, runner, self.owner, self.adopt)
         self._watched: dict[str, Watched] = {}
         self._lock = threading.Lock()
-        self._stop = threading.Event()
-        self._wake = threading.Event()
-        self._thread: threading.Thread | None = None
         self._last_renew = 0.0
         self._last_reconcile = 0.0
 
     # --- lifecycle
-    def start(self) -> None:
-        self._thread = threading.Thread(target=self._loop, name="ims-job-worker", daemon=True)
-        self._thread.start()
-
     def stop(self, timeout: float = 10.0) -> None:
         """Stop watching. The jobs keep running: the next worker on this host adopts them."""
-        self._stop.set()
-        self._wake.set()
-        if self._thread is not None:
-            self._thread.join(timeout)
-
-    def wake(self) -> None:
-        self._wake.set()
+        super().stop(timeout)
 
     def watching(self) -> list[str]:
         with self._lock:
             return list(self._watched)
 
-    def _loop(self) -> None:
-        while not self._stop.is_set():
-            try:
-                self.tick()
-            except Exception:
-                log.exception("job worker pass failed; retrying")
-            self._wake.wait(self.poll_seconds)
-            self._wake.clear()
-
-    def tick(self) -> None:
+    def tick(self) -> bool:
         now = time.monotonic()
         if now - self._last_reconcile >= RECONCILE_SECONDS:
             self._last_reconcile = now
@@ -126,6 +100,7 @@ class JobWorker:
         if self.watching() and time.monotonic() - self._last_renew >= self.lease_seconds / 4:
             self._last_renew = time.monotonic()
             state.renew(self.database, self.owner, self.lease_seconds)
+        return False
 
     # --- launching
     def _launch_queued(self) -> None:

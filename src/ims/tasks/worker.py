@@ -3,13 +3,11 @@
 from __future__ import annotations
 
 import logging
-import os
-import socket
 import threading
-import uuid
 from collections.abc import Callable
 from typing import Any
 
+from ims.tasks.loop import BackgroundLoop, make_owner_id
 from ims.tasks.queue import Task, TaskQueue
 
 log = logging.getLogger(__name__)
@@ -17,7 +15,9 @@ log = logging.getLogger(__name__)
 Handler = Callable[[dict[str, Any]], None]
 
 
-class TaskWorker:
+class TaskWorker(BackgroundLoop):
+    thread_name = "ims-task-worker"
+
     def __init__(
         self,
         queue: TaskQueue,
@@ -26,27 +26,11 @@ class TaskWorker:
         lease_seconds: float = 30.0,
         poll_seconds: float = 0.5,
     ) -> None:
+        super().__init__(poll_seconds)
         self.queue = queue
         self.handlers = handlers
         self.lease_seconds = lease_seconds
-        self.poll_seconds = poll_seconds
-        self.owner = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
-        self._stop = threading.Event()
-        self._wake = threading.Event()
-        self._thread: threading.Thread | None = None
-
-    def start(self) -> None:
-        self._thread = threading.Thread(target=self._loop, name="ims-task-worker", daemon=True)
-        self._thread.start()
-
-    def stop(self, timeout: float = 10.0) -> None:
-        self._stop.set()
-        self._wake.set()
-        if self._thread is not None:
-            self._thread.join(timeout)
-
-    def wake(self) -> None:
-        self._wake.set()
+        self.owner = make_owner_id()
 
     def run_once(self) -> bool:
         """Claim and run one task; False when there was none."""
@@ -56,16 +40,8 @@ class TaskWorker:
         self._run(task)
         return True
 
-    def _loop(self) -> None:
-        while not self._stop.is_set():
-            try:
-                worked = self.run_once()
-            except Exception:
-                log.exception("task worker loop failed; retrying")
-                worked = False
-            if not worked:
-                self._wake.wait(self.poll_seconds)
-                self._wake.clear()
+    def tick(self) -> bool:
+        return self.run_once()
 
     def _run(self, task: Task) -> None:
         handler = self.handlers.get(task.kind)
