@@ -8,7 +8,9 @@ bootstrap or package phase, which takes seconds to a minute.
 from __future__ import annotations
 
 import gzip
+import io
 import lzma
+import os
 import re
 import shutil
 import subprocess
@@ -20,10 +22,10 @@ from typing import Any
 
 import httpx
 import pytest
-from tests.jobs.kit import jobs_dir, logs, processes_of, ssh_ok, ssh_signal, wait_gone, wait_status
-from tests.stages.kit import KeyPair, wait_for
+from tests.jobs.kit import add_public_key, jobs_dir, logs, processes_of, ssh_ok, ssh_signal, wait_gone, wait_status
+from tests.stages.kit import KeyPair, LocalImage, wait_for
 from tests.support.images import list_squashfs, md5_of, read_from_squashfs
-from tests.support.servers import ImsServer
+from tests.support.servers import ImsServer, start_ims_server
 
 import ims
 from ims.artifacts.s3 import ArtifactStore
@@ -32,10 +34,20 @@ from ims.client.recipes import upload_recipe
 from ims.client.resources import Ims
 from ims.domain.links import S3Location
 from ims.stages.apt_sources import debian_archive_uri
+from ims.stages.build import BuildResult
+from ims.stages.create import package_build
+from ims.stages.customize import make_client
+from ims.stages.environment import JobEnvironment
+from ims.stages.reporting import Reporter
 
 RECIPES = Path(ims.__file__).parent / "recipes"
-# The recipe of the one real build: kis, because kiwi's own artifacts are uploaded as they are.
-BUILT_RECIPE = "debian-bookworm"
+# The recipe of the one real build (IMS_TEST_CREATE_RECIPE picks the other one for a measurement by hand),
+# and the packages its root must hold.
+BUILT_RECIPE = os.environ.get("IMS_TEST_CREATE_RECIPE", "debian-bookworm-tbz")
+PACKAGES = {
+    "debian-bookworm": ("openssh-server", "linux-image-amd64", "systemd-sysv", "dracut"),
+    "debian-bookworm-tbz": ("linux-image-amd64", "initramfs-tools", "systemd-sysv"),
+}
 BUILD_TIMEOUT = 1500.0
 MISSING_PACKAGE = "ims-no-such-package"
 _STATUS_LINE = re.compile(r"job status -> ([a-z_]+)")
@@ -88,6 +100,15 @@ def _post_create(api: httpx.Client, recipe_id: str, key_id: str, **extra: Any) -
 def _statuses(api: httpx.Client, job_id: str) -> list[str]:
     """The statuses the job's stages set, in order, as their log tells it."""
     return _STATUS_LINE.findall(logs(api, job_id))
+
+
+def _status_timings(api: httpx.Client, job_id: str) -> str:
+    """`status N s` for each status the job went through: the time until the next one."""
+    marks = [
+        (float(seconds), status)
+        for seconds, status in re.findall(r"\[\+\s*([0-9.]+)s\] job status -> ([a-z_]+)", logs(api, job_id))
+    ]
+    return ", ".join(f"{status} {after - at:.1f} s" for (at, status), (after, _) in zip(marks, marks[1:]))
 
 
 def _images(api: httpx.Client) -> set[str]:
@@ -170,6 +191,61 @@ def test_packer_recipe_is_refused(
     assert "packer" in response.json()["detail"]
 
 
+def test_kis_artifacts_are_published_as_kiwi_made_them(
+    work_root: Path,
+    s3_env: dict[str, str],
+    artifact_store: ArtifactStore,
+    base_image: LocalImage,
+    job_key: KeyPair,
+    tmp_path: Path,
+) -> None:
+    """The kis branch of packaging, on a server whose workers are off: the job is ours to play."""
+    server = start_ims_server(work_root / f"ims-kis-{uuid.uuid4().hex[:6]}", s3_env, {"IMS_RUN_WORKERS": "false"})
+    try:
+        with httpx.Client(base_url=server.url, timeout=30) as api, Ims(ImsClient(server.url)) as client:
+            recipe_id = _upload(client, artifact_store, RECIPES / "debian-bookworm")
+            job = _post_create(api, recipe_id, add_public_key(api, job_key))
+            parent = tmp_path / "image"
+            parent.mkdir()
+            env = JobEnvironment.from_env(
+                {
+                    "IMS_JOB_ID": job["id"],
+                    "IMAGE_ROOT_PARENT": str(parent),
+                    "IMAGE_ROOT_ARCHIVE_NAME": job["image_root_archive_name"],
+                    "IMS_URL": server.url,
+                    "BUILD_ARCH": job["arch"],
+                    **s3_env,
+                }
+            )
+            boot = base_image.root / "boot"
+            kernel = boot / "vmlinuz-6.1.0-ims-test"
+            built = BuildResult(
+                "kis",
+                parent / "kiwi.log",
+                1.0,
+                kernel=kernel,
+                initrd=boot / "initrd",
+                rootfs=base_image.archive,
+            )
+            out = io.StringIO()
+            stage_client = make_client(env)
+            assert stage_client is not None
+            with stage_client:
+                package_build(env, Reporter(env.job_id, stage_client, out), stage_client, built)
+            done = api.get(f"/v3/jobs/{job['id']}").json()
+            assert done["status"] == "success", out.getvalue()
+            image = api.get(f"/v3/images/{done['resultant_image_id']}").json()
+            files = _check_manifest(artifact_store, image, tmp_path)
+            # Uploaded as they are: no second squash, no kernel parameters of kiwi's.
+            assert set(files) == {"rootfs", "kernel", "initrd"}
+            assert md5_of(files["rootfs"]) == md5_of(base_image.archive)
+            assert md5_of(files["kernel"]) == md5_of(kernel)
+            assert "mksquashfs" not in out.getvalue()
+            assert "job status -> packaging_artifacts" in out.getvalue()
+    finally:
+        server.stop()
+
+
 @pytest.mark.slow
 def test_create_builds_a_bootable_image(
     job_server: ImsServer,
@@ -186,7 +262,7 @@ def test_create_builds_a_bootable_image(
     assert job["ssh_containers"] is None  # no debug: no SSH for a create job
     done = wait_status(jobs_api, job["id"], {"success"}, timeout=BUILD_TIMEOUT)
     print(f"TIMING create {BUILT_RECIPE}: POST to success {time.monotonic() - start:.1f} s")
-    print("\n".join(line for line in logs(jobs_api, job["id"]).splitlines() if "done in" in line or "exited" in line))
+    print(f"TIMING create {BUILT_RECIPE}: {_status_timings(jobs_api, job['id'])}")
 
     assert _statuses(jobs_api, job["id"]) == [
         "fetching_recipe",
@@ -201,6 +277,9 @@ def test_create_builds_a_bootable_image(
     assert image["arch"] == recipe["arch"] == "x86_64"
 
     files = _check_manifest(artifact_store, image, tmp_path)
+    print(
+        f"TIMING create {BUILT_RECIPE}: " + ", ".join(f"{k} {p.stat().st_size / 1e6:.1f} MB" for k, p in files.items())
+    )
     kernel = files["kernel"].read_bytes()
     assert kernel[0x202:0x206] == b"HdrS", "not an x86 bzImage"
     members = initrd_members(files["initrd"])
@@ -208,9 +287,11 @@ def test_create_builds_a_bootable_image(
     assert any("lib/modules/" in name for name in members)
     assert files["rootfs"].read_bytes()[:4] == b"hsqs"
     listing = "\n".join(list_squashfs(files["rootfs"]))
-    assert "/usr/sbin/sshd" in listing
+    assert "/usr/sbin/init" in listing and "/usr/lib/systemd/systemd" in listing
+    if "openssh-server" in PACKAGES[BUILT_RECIPE]:
+        assert "/usr/sbin/sshd" in listing
     status = read_from_squashfs(files["rootfs"], "var/lib/dpkg/status", tmp_path).decode()
-    for package in ("openssh-server", "linux-image-amd64", "systemd-sysv"):
+    for package in PACKAGES[BUILT_RECIPE]:
         assert f"Package: {package}\nStatus: install ok installed" in status, package
 
     # Nothing of the build is left on the host: the directory goes, no mount stays behind.
@@ -230,6 +311,7 @@ def test_failed_build_ends_in_error_with_kiwis_reason(
     ended = wait_status(jobs_api, job["id"], {"error"}, timeout=600)
     print(f"TIMING failed create: POST to error {time.monotonic() - start:.1f} s")
     reason = ended["status_reason"] or ""
+    print(f"REASON {reason}")
     assert reason.startswith("build-image: ")
     assert f"Unable to locate package {MISSING_PACKAGE}" in reason
     assert ended["resultant_image_id"] is None
@@ -269,6 +351,7 @@ def test_failed_build_with_debug_opens_a_shell_then_ends_in_error(
     ssh_signal(jobs_api, job_key, waiting, 'touch "$IMAGE_ROOT_PARENT/complete"')
 
     ended = wait_status(jobs_api, job["id"], {"error"}, timeout=60)
+    print(f"REASON {ended['status_reason']}")
     assert f"Unable to locate package {MISSING_PACKAGE}" in (ended["status_reason"] or "")
     assert ended["resultant_image_id"] is None
     assert _statuses(jobs_api, job["id"]) == [

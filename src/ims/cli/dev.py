@@ -5,7 +5,9 @@ from __future__ import annotations
 import json
 import os
 import secrets
+import signal
 from pathlib import Path
+from types import FrameType
 
 import typer
 
@@ -47,10 +49,17 @@ def run_dev_stack(host: str, port: int, data_dir: Path, s3_port: int) -> None:
     typer.echo(f"S3 endpoint: {seaweed.endpoint}   (credentials in {data_dir / 's3-credentials.json'})")
     typer.echo(f"Data:        {data_dir}   (SQLite database ims.sqlite3, job directories in jobs/)")
     typer.echo(f"Client env:  export IMS_API_URL={url}; eval $(ims dev env --data-dir {data_dir})")
+    # uvicorn restores this handler when it shuts down and then re-raises SIGTERM to it, so the `finally`
+    # below runs and SeaweedFS is stopped gracefully instead of by the parent-death signal.
+    signal.signal(signal.SIGTERM, _exit_on_sigterm)
     try:
         serve(host, port)
     finally:
         seaweed.stop()
+
+
+def _exit_on_sigterm(signum: int, frame: FrameType | None) -> None:
+    raise SystemExit(0)
 
 
 def print_env(data_dir: Path, s3_port: int) -> None:
