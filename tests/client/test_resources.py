@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 import uuid
 from collections.abc import Iterator
 
@@ -41,6 +42,9 @@ def test_recipe_created_with_a_link_and_purged(ims: Ims, artifact_store: Artifac
         ims.recipes.get(recipe["id"])
     assert missing.value.status == 404
     assert recipe["id"] not in {r["id"] for r in ims.deleted.recipes.list()}
+    deadline = time.monotonic() + 30  # the S3 delete runs as a background task
+    while artifact_store.head(location) is not None and time.monotonic() < deadline:
+        time.sleep(0.1)
     assert artifact_store.head(location) is None
 
 

@@ -83,8 +83,8 @@ def test_stop_ends_the_whole_tree_even_daemons(work_root: Path) -> None:
     wait_for(lambda: len(processes_of(job_id)) >= 4, 10, "the daemon to start")
     started = time.monotonic()
     runner.stop(handle, grace=5)
-    assert processes_of(job_id) == []
-    assert time.monotonic() - started < 5  # SIGTERM was enough: the stage went, the namespace with it
+    wait_for(lambda: processes_of(job_id) == [], 10, "the namespace's processes to end")
+    assert time.monotonic() - started < 8  # SIGTERM was enough: the stage went, the namespace with it
     assert runner.exit(handle).code == 128 + 15
 
 
@@ -93,7 +93,8 @@ def test_stop_escalates_to_sigkill(work_root: Path) -> None:
     job_id, handle = _start(runner)
     wait_for(lambda: (runner.image_dir(job_id) / "ready").exists(), 10, "the stage to ignore SIGTERM")
     runner.stop(handle, grace=1)
-    assert processes_of(job_id) == []
+    # The kernel ends the rest of the PID namespace as its init dies; on a loaded machine that takes a moment.
+    wait_for(lambda: processes_of(job_id) == [], 10, "the namespace's processes to end")
     assert runner.exit(handle).code == 137
 
 
