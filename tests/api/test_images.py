@@ -357,3 +357,14 @@ def test_v2_collection_delete(fresh_api: httpx.Client, artifact_store: ArtifactS
     assert_no_content(fresh_api.delete("/images"))
     assert fresh_api.get("/images").json() == []
     wait_for_objects(artifact_store, BOOT_BUCKET, absent=[key for stored in images for key in stored.keys])
+
+
+def test_rename_is_ours_and_atomic(api: httpx.Client) -> None:
+    """Ours (docs/compatibility.md): PATCH takes `name`; a blank one is refused and changes nothing."""
+    image = api.post("/v3/images", json={"name": "before"}).json()
+    renamed = api.patch(f"/v3/images/{image['id']}", json={"name": "after", "arch": "aarch64"})
+    assert renamed.status_code == 200 and renamed.json()["name"] == "after"
+    refused = api.patch(f"/v3/images/{image['id']}", json={"name": "", "arch": "x86_64"})
+    assert refused.status_code == 422
+    assert refused.json()["errors"] == {"name": ["name field must not be blank"]}
+    assert api.get(f"/images/{image['id']}").json() == renamed.json()

@@ -272,3 +272,12 @@ def test_v2_collection_delete_cascades(fresh_api: httpx.Client, artifact_store: 
     assert fresh_api.get("/v2/recipes").json() == []
     wait_for_objects(artifact_store, RECIPE_BUCKET, absent=[item.key for item in stored])
     assert [r["id"] for r in fresh_api.get("/v3/deleted/recipes").json()] == [kept["id"]]
+
+
+def test_rename_is_ours(api: httpx.Client) -> None:
+    """Ours (docs/compatibility.md): PATCH takes `name`."""
+    body = {"name": "before", "recipe_type": "kiwi-ng", "linux_distribution": "sles15"}
+    recipe = api.post("/v3/recipes", json=body).json()
+    renamed = api.patch(f"/v2/recipes/{recipe['id']}", json={"name": "after"})
+    assert renamed.status_code == 200 and renamed.json()["name"] == "after"
+    assert api.get(f"/v3/recipes/{recipe['id']}").json()["name"] == "after"

@@ -156,3 +156,10 @@ def test_empty_lists_render(cli: Cli, fresh_ims_server: ImsServer, fmt: str) -> 
         assert tomllib.loads(result.stdout) == {"results": []}
     else:
         assert result.stdout.split() == ["ID", "NAME", "CREATED"]
+
+
+def test_images_and_recipes_can_be_renamed(cli: Cli) -> None:
+    image = cli.json("images", "create", "--name", unique("image"))
+    assert cli.json("images", "update", image["id"], "--name", "renamed-image")["name"] == "renamed-image"
+    recipe = cli.json("recipes", "create", "--name", unique("recipe"), "--linux-distribution", "sles15")
+    assert cli.json("recipes", "update", recipe["id"], "--name", "renamed-recipe")["name"] == "renamed-recipe"

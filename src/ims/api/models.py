@@ -61,6 +61,7 @@ class RecipeInput(BaseModel):
 
 class RecipePatch(BaseModel):
     model_config = ConfigDict(extra="forbid")
+    name: str | None = Field(default=None, min_length=1, description="Ours: rename the recipe.")
     link: ArtifactLink | None = None
     arch: Arch | None = None
     require_dkms: bool | None = None
@@ -93,6 +94,7 @@ class MetadataOperation(BaseModel):
 
 class ImagePatch(BaseModel):
     model_config = ConfigDict(extra="forbid")
+    name: str | None = Field(default=None, min_length=1, description="Ours: rename the image.")
     link: ArtifactLink | None = None
     arch: Arch | None = None
     metadata: MetadataOperation | None = None

@@ -57,6 +57,7 @@ def create_image(
 def update_image(
     session: Session,
     image_id: str = typer.Argument(..., metavar="ID"),
+    name: str | None = typer.Option(None, "--name", help="A new name for the image."),
     link_path: str | None = typer.Option(None, "--link-path", help="s3://boot-images/<id>/manifest.json"),
     link_etag: str | None = typer.Option(None, "--link-etag"),
     link_type: str | None = typer.Option(None, "--link-type", help="s3"),
@@ -65,7 +66,7 @@ def update_image(
     metadata_key: str | None = typer.Option(None, "--metadata-key"),
     metadata_value: str | None = typer.Option(None, "--metadata-value"),
 ) -> None:
-    """Change an image: link its manifest, fix its arch, or set/remove one label.
+    """Change an image: rename it, link its manifest, fix its arch, or set/remove one label.
 
     Example: ims images update 6d1cbd6a-3ea4-4b2a-9c3e-1f1e7c0fbd2f --metadata-operation set --metadata-key sbps-project --metadata-value true
     """
@@ -75,6 +76,7 @@ def update_image(
         raise typer.BadParameter("needs --metadata-key", param_hint="--metadata-operation")
     record = session.ims.images.update(
         image_id,
+        name=name,
         link=link_option(link_path, link_etag, link_type),
         arch=arch,
         metadata_operation=metadata_operation.value if metadata_operation else None,

@@ -77,6 +77,7 @@ def create_recipe(
 def update_recipe(
     session: Session,
     recipe_id: str = typer.Argument(..., metavar="ID"),
+    name: str | None = typer.Option(None, "--name", help="A new name for the recipe."),
     link_path: str | None = typer.Option(None, "--link-path", help="s3://ims/recipes/<id>/recipe.tar.gz"),
     link_etag: str | None = typer.Option(None, "--link-etag"),
     link_type: str | None = typer.Option(None, "--link-type", help="s3"),
@@ -86,12 +87,13 @@ def update_recipe(
     template_keys: str | None = typer.Option(None, "--template-dictionary-key", help="cray style: K1,K2."),
     template_values: str | None = typer.Option(None, "--template-dictionary-value", help="cray style: V1,V2."),
 ) -> None:
-    """Change a recipe: link its archive, or set arch, require-dkms or the template dictionary.
+    """Change a recipe: rename it, link its archive, or set arch, require-dkms or the template dictionary.
 
     Example: ims recipes update 6d1cbd6a-3ea4-4b2a-9c3e-1f1e7c0fbd2f --link-path s3://ims/recipes/6d1cbd6a-3ea4-4b2a-9c3e-1f1e7c0fbd2f/recipe.tar.gz
     """
     record = session.ims.recipes.update(
         recipe_id,
+        name=name,
         link=link_option(link_path, link_etag, link_type),
         arch=arch,
         require_dkms=as_bool(require_dkms),

@@ -114,12 +114,14 @@ class Recipes(ArtifactCollection):
         self,
         record_id: str,
         *,
+        name: str | None = None,
         link: Link | None = None,
         arch: str | None = None,
         require_dkms: bool | None = None,
         template_dictionary: Mapping[str, str] | None = None,
     ) -> Record:
         body = {
+            "name": name,
             "link": link,
             "arch": arch,
             "require_dkms": require_dkms,
@@ -143,13 +145,14 @@ class Images(ArtifactCollection):
         self,
         record_id: str,
         *,
+        name: str | None = None,
         link: Link | None = None,
         arch: str | None = None,
         metadata_operation: str | None = None,
         metadata_key: str | None = None,
         metadata_value: str | None = None,
     ) -> Record:
-        body: dict[str, Any] = _without_none({"link": link, "arch": arch})
+        body: dict[str, Any] = _without_none({"name": name, "link": link, "arch": arch})
         if metadata_operation is not None:
             body["metadata"] = _without_none(
                 {"operation": metadata_operation, "key": metadata_key, "value": metadata_value}

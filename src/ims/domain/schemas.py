@@ -70,6 +70,8 @@ class RecipePatch(Schema):
     class Meta:
         unknown = RAISE
 
+    # Ours: rename (the original has no way to change a name).
+    name = fields.Str(validate=_blank_name)
     link = fields.Nested(ArtifactLinkSchema)
     arch = fields.Str(validate=_arch)
     require_dkms = fields.Bool()
@@ -107,6 +109,8 @@ class ImagePatch(Schema):
     class Meta:
         unknown = RAISE
 
+    # Ours: rename (the original has no way to change a name).
+    name = fields.Str(validate=_blank_name)
     link = fields.Nested(ArtifactLinkSchema)
     arch = fields.Str(validate=_arch)
     metadata = fields.Nested(MetadataOperation)

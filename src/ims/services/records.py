@@ -257,6 +257,8 @@ class ImageService(RecordService):
                     check_link_unique(conn, self.repo, "image", link, record_id)
                     validate_image_link(self.ctx, link)
                     record["link"] = link
+            if "name" in fields:
+                record["name"] = fields["name"]
             if "arch" in fields:
                 record["arch"] = fields["arch"]
             if "metadata" in fields:
