@@ -283,7 +283,7 @@ def test_patch_metadata(api: httpx.Client) -> None:
 @pytest.mark.parametrize(
     ("body", "errors"),
     [
-        ({"name": "x"}, {"name": [UNKNOWN]}),
+        ({"created": "x"}, {"created": [UNKNOWN]}),
         ({"link": None}, {"link": ["Field may not be null."]}),
         ({"arch": "x86"}, {"arch": [ARCH_CHOICES]}),
         ({"metadata": {"operation": "add", "key": "a"}}, {"metadata": {"operation": ["Must be one of: set, remove."]}}),

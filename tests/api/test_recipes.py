@@ -170,7 +170,7 @@ def test_patch_values_are_deserialized(api: httpx.Client) -> None:
 @pytest.mark.parametrize(
     ("body", "errors"),
     [
-        ({"name": "x"}, {"name": [UNKNOWN]}),
+        ({"created": "x"}, {"created": [UNKNOWN]}),
         ({"recipe_type": "packer"}, {"recipe_type": [UNKNOWN]}),
         ({"link": None}, {"link": ["Field may not be null."]}),
         ({"arch": "i386"}, {"arch": [ARCH_CHOICES]}),

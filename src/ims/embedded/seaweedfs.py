@@ -41,6 +41,7 @@ class SeaweedFS:
         s3_port: int | None = None,
         die_with_parent: bool = False,
     ) -> None:
+        self._fixed_s3_port = s3_port is not None
         self.data_dir = data_dir
         self.access_key = access_key
         self.secret_key = secret_key
@@ -55,7 +56,18 @@ class SeaweedFS:
     def s3_config(self) -> S3Config:
         return S3Config(endpoint=self.endpoint, access_key=self.access_key, secret_key=self.secret_key)
 
-    def start(self, timeout: float = 60.0) -> None:
+    def start(self, timeout: float = 60.0, attempts: int = 3) -> None:
+        """Start and wait until S3 answers. A free port can be taken by someone else between our choice and
+        weed's bind (weed then exits at once), so an early exit is retried with fresh ports."""
+        for attempt in range(1, attempts + 1):
+            if self._start_once(timeout):
+                return
+            if attempt < attempts and not self._fixed_s3_port:
+                self.s3_port = free_port()
+        raise RuntimeError(f"SeaweedFS exited while starting; see {self.data_dir / 'weed.log'}")
+
+    def _start_once(self, timeout: float) -> bool:
+        """True once S3 answers; False when weed exited during start-up (worth a retry)."""
         self.data_dir.mkdir(parents=True, exist_ok=True)
         config = self.data_dir / "s3-identities.json"
         identities = {
@@ -102,16 +114,16 @@ class SeaweedFS:
             preexec_fn=_terminate_with_parent if self.die_with_parent else None,  # noqa: PLW1509
         )
         log.close()
-        if not wait_for_port("127.0.0.1", self.s3_port, timeout):
-            self.stop()
-            raise RuntimeError(f"SeaweedFS did not open its S3 port; see {self.data_dir / 'weed.log'}")
         store = ArtifactStore(self.s3_config())
         deadline = time.monotonic() + timeout
-        while not store.ping():
-            if time.monotonic() > deadline or self.process.poll() is not None:
+        while not (wait_for_port("127.0.0.1", self.s3_port, 0.5) and store.ping()):
+            if self.process.poll() is not None:
+                return False
+            if time.monotonic() > deadline:
                 self.stop()
                 raise RuntimeError(f"SeaweedFS S3 did not answer; see {self.data_dir / 'weed.log'}")
             time.sleep(0.1)
+        return True
 
     def stop(self, timeout: float = 15.0) -> None:
         if self.process is None or self.process.poll() is not None:
