@@ -89,13 +89,27 @@ def start_ims_server(
     args: list[str] | None = None,
     port: int | None = None,
 ) -> ImsServer:
-    port = port or free_port()
+    """Start `ims serve` and wait until it is ready. A free port may be taken by another process before the
+    server binds it; that start is retried on a fresh port (unless the caller chose the port)."""
+    for attempt in range(3):
+        server = _start_once(data_dir, s3_env, extra_env, args, port or free_port())
+        if server is not None:
+            return server
+        if port is not None or attempt == 2:
+            break
+    raise RuntimeError(f"ims serve could not bind a port:\n{(data_dir / 'server.log').read_text(errors='replace')}")
+
+
+def _start_once(
+    data_dir: Path, s3_env: dict[str, str], extra_env: dict[str, str] | None, args: list[str] | None, port: int
+) -> ImsServer | None:
     data_dir.mkdir(parents=True, exist_ok=True)
     env = dict(os.environ)
     env.update(s3_env)
     env.update({"IMS_DATA_DIR": str(data_dir), "IMS_LOG_LEVEL": "INFO"})
     env.update(extra_env or {})
     log_path = data_dir / "server.log"
+    log_start = log_path.stat().st_size if log_path.exists() else 0
     with log_path.open("ab") as log:
         process = subprocess.Popen(
             [sys.executable, "-m", "ims", "serve", "--host", "127.0.0.1", "--port", str(port), *(args or [])],
@@ -109,7 +123,10 @@ def start_ims_server(
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline:
         if process.poll() is not None:
-            raise RuntimeError(f"ims serve exited with {process.returncode}:\n{server.log()}")
+            output = server.log()[log_start:]
+            if "address already in use" in output:
+                return None
+            raise RuntimeError(f"ims serve exited with {process.returncode}:\n{output}")
         try:
             if httpx.get(f"{server.url}/healthz/ready", timeout=2).status_code == 200:
                 return server
