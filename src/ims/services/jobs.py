@@ -9,7 +9,7 @@ from __future__ import annotations
 import builtins
 import logging
 import uuid
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
@@ -31,6 +31,7 @@ from ims.domain.manifest import MANIFEST_VERSION, rootfs_artifacts
 from ims.domain.timeutil import format_timestamp, parse_age, utcnow
 from ims.jobs import state
 from ims.jobs.factory import make_runner
+from ims.jobs.logs import stream
 from ims.jobs.ports import parse_range, pick_port
 from ims.jobs.runner import Runner
 from ims.jobs.spec import ssh_listen
@@ -366,6 +367,10 @@ class JobService:
     def log_path(self, job_id: str) -> Path:
         self.get(job_id)
         return self.runner.log_path(job_id)
+
+    def log_chunks(self, job_id: str, follow: bool) -> AsyncIterator[bytes]:
+        """The job's log from its start; with `follow`, what is appended until the job ends."""
+        return stream(self.log_path(job_id), follow=follow, finished=self.finished(job_id))
 
     def finished(self, job_id: str) -> Callable[[], bool]:
         """For following a log: true once the job's process is gone for good (or the job was deleted)."""

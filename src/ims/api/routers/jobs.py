@@ -8,7 +8,6 @@ from fastapi.responses import JSONResponse, Response, StreamingResponse
 from ims.api import docs, models
 from ims.api.deps import call, services
 from ims.api.http import no_content, ok, read_json
-from ims.jobs.logs import stream
 from ims.services.jobs import JobService
 
 
@@ -112,9 +111,7 @@ def build(version: str) -> APIRouter:
             job_id: str,
             follow: bool = Query(False, description="Keep the response open and send new lines until the job ends."),
         ) -> StreamingResponse:
-            svc = job_service(request)
-            path = await call(svc.log_path, job_id)
-            body = stream(path, follow=follow, finished=svc.finished(job_id))
+            body = await call(job_service(request).log_chunks, job_id, follow)
             return StreamingResponse(body, media_type="text/plain; charset=utf-8")
 
     return router
