@@ -8,6 +8,8 @@ TEST=0
 
 packages=$(grep -hv '^\s*#' apt-packages.txt)
 [[ $TEST == 1 ]] && packages="$packages $(grep -hv '^\s*#' apt-packages-test.txt)"
+# Debian's nodejs comes without npm (NodeSource's includes it and conflicts with Debian's npm package).
+if [[ $TEST == 1 ]] && ! command -v npm >/dev/null; then packages="$packages npm"; fi
 missing=$(dpkg-query -W -f='${Package} ${db:Status-Status}\n' $packages 2>/dev/null | awk '$2 != "installed" {print $1}' || true)
 for pkg in $packages; do dpkg-query -W "$pkg" >/dev/null 2>&1 || missing="$missing $pkg"; done
 missing=$(echo $missing | tr ' ' '\n' | sort -u | tr '\n' ' ')
