@@ -27,6 +27,30 @@ app.add_typer(commands_deleted.app, name="deleted")
 app.add_typer(commands_remote_nodes.app, name="remote-build-nodes")
 
 
+def _version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("ims")
+    except PackageNotFoundError:  # run from a source tree that was never installed
+        return "unknown (not installed)"
+
+
+def _print_version(value: bool) -> None:
+    if value:
+        typer.echo(f"ims {_version()}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(
+    show_version: bool = typer.Option(
+        False, "--version", callback=_print_version, is_eager=True, help="Print the version of ims and exit."
+    ),
+) -> None:
+    """Image Management Service."""
+
+
 @app.command()
 def serve(
     host: str = typer.Option(None, help="Listen address (default IMS_HOST or 127.0.0.1)."),
