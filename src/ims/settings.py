@@ -53,6 +53,11 @@ class Settings(BaseSettings):
     squashfs_compressor: str = Field(default="zstd", validation_alias="IMS_SQUASHFS_COMPRESSOR")
     ca_cert_file: Path | None = Field(default=None, validation_alias="IMS_CA_CERT_FILE")
     api_url: str = Field(default="", validation_alias="IMS_API_URL")
+    # Remote build nodes (docs/remote-nodes.md): IMS's SSH key (made in the data dir when not given), probes.
+    remote_node_key: Path | None = Field(default=None, validation_alias="IMS_REMOTE_NODE_KEY")
+    remote_probe_timeout: float = Field(default=5.0, gt=0, validation_alias="IMS_REMOTE_PROBE_TIMEOUT")
+    remote_status_cache_seconds: float = Field(default=3.0, ge=0, validation_alias="IMS_REMOTE_STATUS_CACHE_SECONDS")
+    remote_lost_seconds: float = Field(default=30.0, gt=0, validation_alias="IMS_REMOTE_LOST_SECONDS")
 
     # --- the original's names
     s3_endpoint: str = Field(default="", validation_alias="S3_ENDPOINT")
