@@ -101,12 +101,32 @@ def dev_up(
     run_dev_stack(host, port, data_dir, s3_port)
 
 
+@dev_app.command("s3")
+def dev_s3(
+    data_dir: Path = typer.Option(_DEFAULT_DATA, envvar="IMS_DATA_DIR", help="Where the S3 data and credentials live."),
+    s3_port: int = typer.Option(8333, help="Port of the SeaweedFS S3 gateway on 127.0.0.1."),
+    api_url: str = typer.Option("http://127.0.0.1:9100", envvar="IMS_API_URL", help="Announced to `ims dev env`."),
+) -> None:
+    """Run only the embedded SeaweedFS S3 in the foreground (what the ims-s3 systemd unit runs).
+
+    Example: ims dev s3 --data-dir /var/lib/ims --s3-port 8333
+    """
+    from ims.cli.dev import run_s3_only
+
+    run_s3_only(data_dir, s3_port, api_url)
+
+
 @dev_app.command("env")
 def dev_env(
-    data_dir: Path = typer.Option(_DEFAULT_DATA, envvar="IMS_DATA_DIR", help="The data directory of `ims dev up`."),
-    s3_port: int = typer.Option(8333, help="Port of the SeaweedFS S3 gateway."),
+    data_dir: Path | None = typer.Option(
+        None, envvar="IMS_DATA_DIR", help="Data directory of the stack (default: the running stack's)."
+    ),
+    s3_port: int | None = typer.Option(None, help="Port of its S3 gateway (default: the running stack's)."),
 ) -> None:
-    """Print the S3 settings of the embedded stack as shell exports.
+    """Print the API URL and S3 settings of the running embedded stack as shell exports.
+
+    Works from any directory: the running stack is found through its state file (/run/ims/dev-stack.json
+    for root). Without a running stack it prints nothing and exits 1: it never makes credentials up.
 
     Example: eval $(ims dev env)
     """
