@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from sqlalchemy import JSON, Column, DateTime, Integer, MetaData, String, Table, Text
+from sqlalchemy import JSON, BigInteger, Column, DateTime, Integer, MetaData, String, Table, Text
 from sqlalchemy.dialects.postgresql import JSONB
 
 metadata = MetaData()
@@ -66,4 +66,13 @@ tasks = Table(
     Column("created", DateTime, nullable=False),
     Column("updated", DateTime, nullable=False),
     Column("last_error", Text, nullable=True),
+)
+
+# One row per record table; a trigger bumps `version` in every transaction that changes what the API shows of
+# that table (migration 0004), so caches of encoded responses know when they are stale, in any process.
+collection_versions = Table(
+    "collection_versions",
+    metadata,
+    Column("name", String(64), primary_key=True),
+    Column("version", BigInteger, nullable=False, server_default="0"),
 )

@@ -6,6 +6,7 @@ from fastapi import APIRouter, FastAPI, Query, Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 
 from ims.api import docs, models
+from ims.api.caching import cached
 from ims.api.deps import call, services
 from ims.api.http import no_content, ok, read_json
 from ims.services.jobs import JobService
@@ -33,9 +34,12 @@ def build(version: str) -> APIRouter:
         job_type: str | None = Query(None, description="Ours: only `create` or `customize` jobs."),
         limit: int | None = Query(None, ge=1, description="Ours: at most this many jobs."),
         offset: int = Query(0, ge=0, description="Ours: skip this many jobs first."),
-    ) -> JSONResponse:
+    ) -> Response:
         svc = job_service(request)
-        return ok(await call(svc.list, statuses=status, job_type=job_type, limit=limit, offset=offset))
+        statuses = [str(value) for value in status] if status else None
+        key = ("list", tuple(statuses or ()), job_type, limit, offset)
+        return await cached(request, "jobs", key,
+                            lambda: svc.list(statuses=statuses, job_type=job_type, limit=limit, offset=offset))
 
     @router.post(
         "/jobs",
@@ -70,8 +74,9 @@ def build(version: str) -> APIRouter:
         summary="Get a job",
         responses=docs.responses(200, models.JobRecord, errors=(404,)),
     )
-    async def get_job(request: Request, job_id: str) -> JSONResponse:
-        return ok(await call(job_service(request).get, job_id))
+    async def get_job(request: Request, job_id: str) -> Response:
+        svc = job_service(request)
+        return await cached(request, "jobs", ("get", job_id), lambda: svc.get(job_id))
 
     @router.patch(
         "/jobs/{job_id}",

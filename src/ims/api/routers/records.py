@@ -9,6 +9,7 @@ from fastapi.responses import JSONResponse, Response
 from pydantic import BaseModel
 
 from ims.api import docs, models
+from ims.api.caching import cached
 from ims.api.deps import call, services
 from ims.api.http import cascade_flag, no_content, ok, read_json
 from ims.domain import schemas
@@ -51,8 +52,10 @@ def build(resource: Resource, version: str) -> APIRouter:
         request: Request,
         limit: int | None = Query(None, ge=1, description="Ours: at most this many records."),
         offset: int = Query(0, ge=0, description="Ours: skip this many records first."),
-    ) -> JSONResponse:
-        return ok(await call(service(request).list, limit=limit, offset=offset))
+    ) -> Response:
+        svc = service(request)
+        return await cached(request, resource.attr, ("list", limit, offset),
+                            lambda: svc.list(limit=limit, offset=offset))
 
     @router.post(
         base,
@@ -83,8 +86,9 @@ def build(resource: Resource, version: str) -> APIRouter:
         summary=f"Get a {resource.label} record",
         responses=docs.responses(200, resource.record, errors=(404,)),
     )
-    async def get_record(request: Request, record_id: str) -> JSONResponse:
-        return ok(await call(service(request).get, record_id))
+    async def get_record(request: Request, record_id: str) -> Response:
+        svc = service(request)
+        return await cached(request, resource.attr, ("get", record_id), lambda: svc.get(record_id))
 
     @router.delete(
         base + "/{record_id}",
@@ -141,8 +145,10 @@ def build_deleted(resource: Resource) -> APIRouter:
         request: Request,
         limit: int | None = Query(None, ge=1),
         offset: int = Query(0, ge=0),
-    ) -> JSONResponse:
-        return ok(await call(service(request).list, deleted=True, limit=limit, offset=offset))
+    ) -> Response:
+        svc = service(request)
+        return await cached(request, resource.attr, ("deleted-list", limit, offset),
+                            lambda: svc.list(deleted=True, limit=limit, offset=offset))
 
     @router.patch(base, summary=f"Undelete every deleted {resource.label} record", status_code=204,
                   openapi_extra=docs.body(models.UndeleteInput),
@@ -161,8 +167,10 @@ def build_deleted(resource: Resource) -> APIRouter:
 
     @router.get(base + "/{record_id}", summary=f"Get a deleted {resource.label} record",
                 responses=docs.responses(200, deleted_model, errors=(404,)))
-    async def get_deleted(request: Request, record_id: str) -> JSONResponse:
-        return ok(await call(service(request).get, record_id, deleted=True))
+    async def get_deleted(request: Request, record_id: str) -> Response:
+        svc = service(request)
+        return await cached(request, resource.attr, ("deleted-get", record_id),
+                            lambda: svc.get(record_id, deleted=True))
 
     @router.patch(base + "/{record_id}", summary=f"Undelete a {resource.label} record", status_code=204,
                   openapi_extra=docs.body(models.UndeleteInput),
