@@ -7,6 +7,7 @@ from collections.abc import Callable
 from ims.client.http import ImsClient
 from ims.stages.environment import JobEnvironment
 from ims.stages.package import package
+from ims.stages.preflight import check_packaging
 from ims.stages.prepare import prepare
 from ims.stages.reporting import Reporter, StageError, run_stage
 from ims.stages.signals import Verdict
@@ -32,6 +33,7 @@ def run_customize(env: JobEnvironment, reporter: Reporter | None = None) -> int:
     reporter = reporter or Reporter(env.job_id, client)
     steps: list[tuple[str, Callable[[], None]]] = [
         ("prepare", lambda: prepare(env, reporter)),
+        ("preflight", lambda: check_packaging(env, reporter)),  # before SSH: can the result be packaged?
         ("sshenv", lambda: user_session_then_package(env, reporter, client)),
     ]
     try:
