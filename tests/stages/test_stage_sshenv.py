@@ -13,7 +13,6 @@ from tests.stages.kit import Background, KeyPair, LocalImage, base_env, reporter
 from ims.stages.environment import JobEnvironment
 from ims.stages.reporting import StageError
 from ims.stages.signals import Verdict
-from ims.stages.sshd import chroot_safe
 from ims.stages.sshenv import sshenv
 
 pytestmark = pytest.mark.skipif(not Path("/usr/sbin/sshd").exists(), reason="openssh-server is not installed")
@@ -46,8 +45,6 @@ def test_jailed_session_lands_in_the_image_and_completes(
     job_dir: Path, test_image: LocalImage, user_key: KeyPair, other_key: KeyPair, ssh_port: int
 ) -> None:
     stage, log = _start(job_dir, test_image, user_key, ssh_port, jail=True)
-    # The job dir sits under a world-writable /tmp: the jail must come through the private bind mount.
-    assert not chroot_safe(job_dir / "image-root")
 
     seen = ssh(user_key, ssh_port, "cat /etc/os-release; echo JOB=$IMS_JOB_ID ARCH=$IMS_ARCH; ls /")
     assert seen.returncode == 0, seen.stderr
@@ -76,7 +73,7 @@ def test_jailed_session_lands_in_the_image_and_completes(
     assert "sshd answers on 127.0.0.1" in log.text()  # type: ignore[attr-defined]
 
 
-def test_full_shell_sees_the_host_and_uses_parent_flags(
+def test_full_shell_sees_the_work_area_at_mnt_image_and_uses_parent_flags(
     job_dir: Path, test_image: LocalImage, user_key: KeyPair, ssh_port: int
 ) -> None:
     stage, _ = _start(job_dir, test_image, user_key, ssh_port, jail=False)
@@ -84,16 +81,19 @@ def test_full_shell_sees_the_host_and_uses_parent_flags(
     seen = ssh(
         user_key,
         ssh_port,
-        'cat "$IMAGE_ROOT_PARENT/image-root/etc/os-release"; echo JOB=$IMS_JOB_ID; cat /etc/os-release',
+        'echo PARENT=$IMAGE_ROOT_PARENT; cat /mnt/image/image-root/etc/os-release; echo JOB=$IMS_JOB_ID; '
+        f"cat /etc/os-release; ls {job_dir} || echo NO-HOST-PATH",
     )
     assert seen.returncode == 0, seen.stderr
+    assert "PARENT=/mnt/image" in seen.stdout
     assert "ID=imstest" in seen.stdout
     assert "JOB=" in seen.stdout
-    assert Path("/etc/os-release").read_text() in seen.stdout  # a shell on the job's host, not in the image
+    assert Path("/etc/os-release").read_text() in seen.stdout  # the read-only toolbox, not the image
+    assert "NO-HOST-PATH" in seen.stdout  # the host's path of the work area is not there
 
     # A flag at the jail location means nothing without a jail.
-    assert ssh(user_key, ssh_port, f"touch {job_dir}/image-root/tmp/complete").returncode == 0
-    assert ssh(user_key, ssh_port, f"touch {job_dir}/failed").returncode == 0
+    assert ssh(user_key, ssh_port, "touch /mnt/image/image-root/tmp/complete").returncode == 0
+    assert ssh(user_key, ssh_port, "touch /mnt/image/failed").returncode == 0
     assert stage.join() is Verdict.FAILED
     assert not (job_dir / "failed").exists()
     assert not _port_open(ssh_port)
@@ -208,12 +208,10 @@ def test_a_root_owned_job_tree_is_jailed_without_a_bind_mount(
         job_dir = tree / "job"
         job_dir.mkdir(mode=0o755)
         stage, log = _start(job_dir, test_image, user_key, ssh_port, jail=True)
-        assert chroot_safe(job_dir / "image-root")
         seen = ssh(user_key, ssh_port, "cat /etc/os-release && touch /tmp/complete")
         assert seen.returncode == 0, seen.stderr
         assert "ID=imstest" in seen.stdout
         assert stage.join() is Verdict.COMPLETE
-        assert "bind-mounted" not in log.text()  # type: ignore[attr-defined]
         assert f"jailed in {job_dir}/image-root" in log.text()  # type: ignore[attr-defined]
     finally:
         shutil.rmtree(tree)

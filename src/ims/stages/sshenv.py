@@ -10,17 +10,13 @@ from ims.stages.environment import JobEnvironment
 from ims.stages.reporting import Reporter, StageError
 from ims.stages.resolv import ResolvSwap
 from ims.stages.signals import SignalPlaces, Verdict
-from ims.stages.sshd import JAIL_MOUNT_POINT, SshdFiles, SshServer, chroot_safe, dkms_mounts, write_keys
+from ims.stages.sshd import WORK_AREA, SshdFiles, SshServer, write_keys
 
 
-def _prepare_jail(image_root: Path) -> tuple[Path | None, Path]:
-    """Return (bind source or None, ChrootDirectory path) for a jailed session."""
+def _prepare_jail(image_root: Path) -> None:
     # The original chowns the image root as well: sshd refuses a jail that is not root's alone.
     os.chown(image_root, 0, 0)
     image_root.chmod(image_root.stat().st_mode & 0o755)
-    if chroot_safe(image_root):
-        return None, image_root
-    return image_root, JAIL_MOUNT_POINT
 
 
 def signal_places(env: JobEnvironment, image_root: Path | None = None) -> SignalPlaces:
@@ -38,30 +34,26 @@ def sshenv(env: JobEnvironment, reporter: Reporter, image_root: Path | None = No
         raise StageError(f"no image root at {root}; run prepare first")
     files = SshdFiles(env.sshd_dir)
     write_keys(files, env.public_key)
-    bind_source, chroot = _prepare_jail(root) if env.ssh_jail else (None, None)
+    if env.ssh_jail:
+        _prepare_jail(root)
     places = signal_places(env, root)
     places.clear()
-    # In the namespace the image is seen at the bind target when there is one.
-    seen_as = JAIL_MOUNT_POINT if bind_source is not None else root
-    mounts = dkms_mounts(root, seen_as) if env.dkms_enabled else []
-    server = SshServer(env, files, bind_source, chroot, mounts)
+    server = SshServer(env, files, root if env.ssh_jail else None, dkms=env.ssh_jail and env.dkms_enabled)
     resolv = ResolvSwap(root, files.directory)
     try:
         if resolv.swap_in():
             reporter.say("the image uses the host's resolv.conf while the SSH environment is up")
         server.start()
         took = server.wait_ready()
-        if not env.ssh_jail:
-            mode = "full shell"
-        elif bind_source is None:
-            mode = f"jailed in {root}"
+        if env.ssh_jail:
+            mode = f"sandboxed, jailed in {root} (seen as / in the session)"
         else:
-            mode = f"jailed in {root}, bind-mounted at {chroot} for sshd's ownership rule"
+            mode = f"sandboxed, {env.image_root_parent} seen as {WORK_AREA}"
         reporter.say(f"sshd answers on {env.ssh_listen}:{env.ssh_port} after {took:.2f} s ({mode})")
-        where = "/tmp" if env.ssh_jail else "$IMAGE_ROOT_PARENT"
+        where = "/tmp" if env.ssh_jail else str(WORK_AREA)
         reporter.say(
             f"connect: ssh -p {env.ssh_port} root@{env.ssh_listen}; "
-            + ("" if env.ssh_jail else f"the image is at {root}; ")
+            + ("" if env.ssh_jail else f"the image is at {WORK_AREA / root.relative_to(env.image_root_parent)}; ")
             + f"when done, touch {where}/complete "
             f"(or {where}/failed to discard the changes)"
         )
