@@ -81,7 +81,7 @@ def test_full_shell_sees_the_work_area_at_mnt_image_and_uses_parent_flags(
     seen = ssh(
         user_key,
         ssh_port,
-        'echo PARENT=$IMAGE_ROOT_PARENT; cat /mnt/image/image-root/etc/os-release; echo JOB=$IMS_JOB_ID; '
+        "echo PARENT=$IMAGE_ROOT_PARENT; cat /mnt/image/image-root/etc/os-release; echo JOB=$IMS_JOB_ID; "
         f"cat /etc/os-release; ls {job_dir} || echo NO-HOST-PATH",
     )
     assert seen.returncode == 0, seen.stderr
