@@ -5,12 +5,13 @@ The original's variable names are kept verbatim (S3_*, DEFAULT_IMS_*, JOB_*); ou
 
 from __future__ import annotations
 
+import ipaddress
 import sys
 from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
-from pydantic import AliasChoices, Field, ValidationError, field_validator
+from pydantic import AliasChoices, Field, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 _FALSE_WORDS = {"false", "off", "no", "f", "0", ""}
@@ -53,6 +54,16 @@ class Settings(BaseSettings):
     squashfs_compressor: str = Field(default="zstd", validation_alias="IMS_SQUASHFS_COMPRESSOR")
     ca_cert_file: Path | None = Field(default=None, validation_alias="IMS_CA_CERT_FILE")
     api_url: str = Field(default="", validation_alias="IMS_API_URL")
+    # Authentication (docs/auth.md). Unset means `none`, which `ims serve` accepts only on a loopback address.
+    auth: str = Field(default="", validation_alias="IMS_AUTH")
+    oidc_issuer: str = Field(default="", validation_alias="IMS_OIDC_ISSUER")
+    oidc_audience: str = Field(default="", validation_alias="IMS_OIDC_AUDIENCE")  # comma-separated: any of them
+    oidc_jwks_url: str = Field(default="", validation_alias="IMS_OIDC_JWKS_URL")
+    oidc_roles_claim: str = Field(default="realm_access.roles", validation_alias="IMS_OIDC_ROLES_CLAIM")
+    oidc_admin_role: str = Field(default="admin", validation_alias="IMS_OIDC_ADMIN_ROLE")
+    oidc_read_only_role: str = Field(default="read-only", validation_alias="IMS_OIDC_READ_ONLY_ROLE")
+    oidc_clock_skew: float = Field(default=30.0, ge=0, le=3600, validation_alias="IMS_OIDC_CLOCK_SKEW")
+    oidc_jwks_refresh_seconds: float = Field(default=30.0, ge=0, validation_alias="IMS_OIDC_JWKS_REFRESH_SECONDS")
     # Remote build nodes (docs/remote-nodes.md): IMS's SSH key (made in the data dir when not given), probes.
     remote_node_key: Path | None = Field(default=None, validation_alias="IMS_REMOTE_NODE_KEY")
     remote_probe_timeout: float = Field(default=5.0, gt=0, validation_alias="IMS_REMOTE_PROBE_TIMEOUT")
@@ -94,6 +105,23 @@ class Settings(BaseSettings):
     def _ssl_validate(cls, value: Any) -> bool | str:
         return parse_ssl_validate(value)
 
+    @field_validator("auth")
+    @classmethod
+    def _auth(cls, value: str) -> str:
+        mode = value.strip().lower()
+        if mode not in ("", "none", "oidc"):
+            raise ValueError(f"must be none or oidc, not {value!r}")
+        return mode
+
+    @model_validator(mode="after")
+    def _oidc_complete(self) -> Settings:
+        if self.auth == "oidc":
+            missing = [name for name, value in (("IMS_OIDC_ISSUER", self.oidc_issuer),
+                                                ("IMS_OIDC_AUDIENCE", self.oidc_audience)) if not value.strip()]
+            if missing:
+                raise ValueError(f"IMS_AUTH=oidc needs {' and '.join(missing)}")
+        return self
+
     @field_validator("log_level")
     @classmethod
     def _log_level(cls, value: str) -> str:
@@ -107,6 +135,19 @@ class Settings(BaseSettings):
         return self.job_enable_dkms.strip().lower() in _TRUE_WORDS
 
     @property
+    def auth_mode(self) -> str:
+        return self.auth or "none"
+
+    def auth_start_problem(self) -> str | None:
+        """Why `ims serve` must not start as configured: no explicit IMS_AUTH on a non-loopback address."""
+        if self.auth or is_loopback(self.host):
+            return None
+        return (
+            f"ims: IMS_HOST={self.host} is not a loopback address and IMS_AUTH is not set: set IMS_AUTH=oidc "
+            "(see docs/auth.md), or IMS_AUTH=none to serve without authentication"
+        )
+
+    @property
     def effective_database_url(self) -> str:
         if self.database_url:
             return self.database_url
@@ -115,6 +156,15 @@ class Settings(BaseSettings):
     @property
     def effective_jobs_dir(self) -> Path:
         return self.jobs_dir if self.jobs_dir is not None else self.data_dir / "jobs"
+
+
+def is_loopback(host: str) -> bool:
+    if host.strip().lower() == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
 
 
 def load_settings(**overrides: Any) -> Settings:

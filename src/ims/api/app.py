@@ -17,10 +17,10 @@ from starlette.routing import Match
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from ims import __version__
-from ims.api import docs
+from ims.api import auth, docs
 from ims.api.deps import Services
 from ims.api.http import MSG_METHOD, MSG_NOT_FOUND_URL, RawHttpError, problem, problem_from
-from ims.api.routers import health, records, remote_nodes
+from ims.api.routers import health, job_artifacts, records, remote_nodes
 from ims.domain.errors import ImsError
 
 log = logging.getLogger(__name__)
@@ -157,6 +157,7 @@ def _install_error_handlers(app: FastAPI) -> None:
     async def _ims_error(_: Request, exc: ImsError) -> JSONResponse:
         if exc.status >= 500:
             log.warning("request failed: %s", exc.detail)
+    auth.install(app, services)  # before the routers: every route they add checks its caller first
         return problem_from(exc)
 
     @app.exception_handler(RawHttpError)
@@ -165,6 +166,7 @@ def _install_error_handlers(app: FastAPI) -> None:
             return problem(413, exc.message)
         return JSONResponse({"message": exc.message}, status_code=exc.status)
 
+    app.include_router(job_artifacts.build(), prefix="/v3")
     @app.exception_handler(StarletteHTTPException)
     async def _http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
         if exc.status_code == 404:
@@ -200,5 +202,5 @@ def _openapi(app: FastAPI) -> dict[str, Any]:
         servers=[{"url": "/apis/ims", "description": "Behind the API gateway"}, {"url": "/", "description": "Direct"}],
     )
     schema["info"]["license"] = {"name": "MIT", "identifier": "MIT"}
-    app.openapi_schema = docs.finish(schema)
+    app.openapi_schema = auth.document(docs.finish(schema))
     return schema

@@ -279,6 +279,76 @@ class ArtifactStore:
         except Exception:
             return False
 
+    # --- multipart uploads a job makes through presigned URLs (ims.services.job_uploads)
+    def create_multipart_upload(self, location: S3Location, content_type: str) -> str:
+        try:
+            reply = self.client.create_multipart_upload(
+                Bucket=location.bucket, Key=location.key, ContentType=content_type
+            )
+        except (ClientError, BotoCoreError) as exc:
+            raise _upload_error(exc, location) from exc
+        return str(reply["UploadId"])
+
+    def presign_upload_part(
+        self, location: S3Location, upload_id: str, part_number: int, expires: int | None = None
+    ) -> str:
+        url: str = self.client.generate_presigned_url(
+            "upload_part",
+            Params={"Bucket": location.bucket, "Key": location.key, "UploadId": upload_id, "PartNumber": part_number},
+            ExpiresIn=expires or self.config.url_expiration,
+        )
+        return url
+
+    def check_multipart_upload(self, location: S3Location, upload_id: str) -> None:
+        """ArtifactMissing when S3 knows no such unfinished upload to this key."""
+        try:
+            self.client.list_parts(Bucket=location.bucket, Key=location.key, UploadId=upload_id, MaxParts=1)
+        except (ClientError, BotoCoreError) as exc:
+            raise _upload_error(exc, location) from exc
+
+    def complete_multipart_upload(
+        self, location: S3Location, upload_id: str, parts: list[tuple[int, str]], metadata: dict[str, str]
+    ) -> ObjectInfo:
+        """Complete the upload, then set the object's metadata (the md5 is known only now, as with
+        upload_file); returns the object as it finally is."""
+        try:
+            self.client.complete_multipart_upload(
+                Bucket=location.bucket,
+                Key=location.key,
+                UploadId=upload_id,
+                MultipartUpload={"Parts": [{"PartNumber": number, "ETag": etag} for number, etag in parts]},
+            )
+            info = self.head(location)
+            if info is None:
+                raise ArtifactError(f"{location.url} is not there after its upload completed")
+            self._replace_metadata(location, metadata, info.content_type or "application/octet-stream", info.size)
+            final = self.head(location)
+        except (ClientError, BotoCoreError) as exc:
+            raise _upload_error(exc, location) from exc
+        if final is None:
+            raise ArtifactError(f"{location.url} is not there after its metadata was set")
+        return final
+
+    def abort_multipart_upload(self, location: S3Location, upload_id: str) -> None:
+        try:
+            self.client.abort_multipart_upload(Bucket=location.bucket, Key=location.key, UploadId=upload_id)
+        except (ClientError, BotoCoreError) as exc:
+            raise _upload_error(exc, location) from exc
+
+
+class ArtifactRejected(ArtifactError):
+    """S3 refused what the caller sent (a wrong part list, a part too small): the caller's mistake."""
+
+
+def _upload_error(exc: Exception, location: S3Location) -> ArtifactError:
+    if isinstance(exc, ClientError):
+        code = _code(exc)
+        message = str(exc.response.get("Error", {}).get("Message", "")) or code
+        if code in ("NoSuchUpload", "NoSuchKey", "404"):
+            return ArtifactMissing(f"no such upload to {location.url}")
+        if code in ("InvalidPart", "InvalidPartOrder", "EntityTooSmall", "InvalidArgument", "MalformedXML"):
+            return ArtifactRejected(f"{code}: {message}")
+    return ArtifactError(f"S3 failed for {location.url}: {exc}")
 
 def _status(exc: ClientError) -> int:
     return int(exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0))

@@ -128,3 +128,7 @@ def run_worker() -> None:
     finally:
         stop()
         ctx.database.dispose()
+    problem = settings.auth_start_problem()
+    if problem:
+        print(problem, file=sys.stderr)
+        raise SystemExit(2)

@@ -1,7 +1,8 @@
 """The environment a job's stages get: the original's variable names (ims.stages.environment reads them).
 
-Secrets (S3 keys, the presigned download URL) exist only here and in the stage's environment; the job
-record and the `launch` column hold nothing secret, and the URL is signed anew at every launch.
+Secrets (the job's token, S3 keys, the presigned download URL) exist only here and in the stage's
+environment; the job record and the `launch` column hold nothing secret, and the token and the URL are
+made anew at every launch.
 """
 
 from __future__ import annotations
@@ -26,7 +27,6 @@ STAGE_TUNING = (
     "IMS_REPOS_TIMEOUT",
     "IMS_REPOS_POLL_SECONDS",
     "IMS_KIWI_NG",
-    "IMS_API_TOKEN",
 )
 
 
@@ -67,6 +67,8 @@ def build_spec(
     settings: Settings,
     artifacts: ArtifactStore,
     environ: Mapping[str, str] | None = None,
+    *,
+    job_token: str = "",
 ) -> JobSpec:
     environ = os.environ if environ is None else environ
     try:
@@ -90,6 +92,8 @@ def build_spec(
         "ENABLE_DEBUG": _flag(job.get("enable_debug")),
         "REMOTE_BUILD_NODE": str(job.get("remote_build_node") or ""),
         "IMS_URL": api_url(settings),
+        # The job's own bearer token (ims.store.job_tokens): what it may do is decided by ims.api.auth.
+        "IMS_JOB_TOKEN": job_token,
         "S3_ENDPOINT": settings.s3_endpoint,
         "S3_ACCESS_KEY": settings.s3_access_key,
         "S3_SECRET_KEY": settings.s3_secret_key,

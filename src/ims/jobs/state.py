@@ -18,7 +18,7 @@ from sqlalchemy import Connection, and_, delete, or_, select, update
 from ims.domain.jobs import FINAL_STATUSES
 from ims.domain.timeutil import utcnow
 from ims.jobs.runner import RunnerHandle
-from ims.store import repository
+from ims.store import job_tokens, repository
 from ims.store.db import Database
 from ims.store.tables import jobs as table
 
@@ -105,6 +105,8 @@ def apply_status(conn: Connection, record: dict[str, Any], status: str, reason: 
     repository.jobs.save(conn, record)
     if changed:
         conn.execute(update(table).where(table.c.id == record["id"]).values(status_changed=utcnow()))
+    if status in FINAL_STATUSES:
+        job_tokens.revoke(conn, str(record["id"]))  # the job's token ends with the job, whoever ended it
 
 
 def fail(database: Database, job_id: str, reason: str) -> bool:

@@ -22,7 +22,7 @@ from ims.jobs.reconciler import Reconciler
 from ims.jobs.runner import Runner, RunnerError, RunnerHandle
 from ims.jobs.spec import build_spec
 from ims.settings import Settings
-from ims.store import repository
+from ims.store import job_tokens, repository
 from ims.store.db import Database
 from ims.tasks.loop import BackgroundLoop, make_owner_id
 
@@ -122,7 +122,11 @@ class JobWorker(BackgroundLoop):
             state.finish(self.database, row.id, self.owner)
             return
         try:
-            spec = build_spec(record, row.launch, row.ssh_port, self.settings, self.artifacts)
+            with self.database.write() as conn:
+                token = job_tokens.issue(conn, row.id)  # a fresh token for this launch; only its hash is kept
+            if token is None:
+                raise RunnerError("the job's token was revoked before it started")
+            spec = build_spec(record, row.launch, row.ssh_port, self.settings, self.artifacts, job_token=token)
             handle = self.runner.start(record, spec)
         except RunnerError as exc:
             append_line(self.runner.log_path(row.id), f"the job could not be started: {exc}")

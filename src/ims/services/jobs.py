@@ -38,7 +38,7 @@ from ims.jobs.spec import ssh_listen
 from ims.jobs.worker import JobWorker
 from ims.services.context import ServiceContext
 from ims.services.validation import head_artifact, link_repr, read_manifest
-from ims.store import repository
+from ims.store import job_tokens, repository
 from ims.store.tables import jobs as jobs_table
 
 log = logging.getLogger(__name__)
@@ -214,6 +214,7 @@ class JobService:
             raise Unavailable(f"IMS_JOB_SSH_PORTS is invalid: {exc}") from None
         return pick_port(ports, state.used_ssh_ports(conn), ssh_listen(self.ctx.settings))
 
+            job_tokens.create(conn, job_id)  # the token itself is minted at launch (ims.store.job_tokens)
     def _download(self, job_type: str, artifact_id: str, source: dict[str, Any] | None) -> dict[str, Any]:
         """The original's artifact lookup: what the job downloads, with its md5; presigning is checked."""
         kind = "recipe" if job_type == "create" else "image"
@@ -356,6 +357,7 @@ class JobService:
         return None  # finished on another host; its directory stays there (the reconciler there skips it)
 
     def _after_delete(self, cleanup: str | None) -> None:
+        job_tokens.revoke(conn, row.id)
         if cleanup is not None:
             try:
                 self.runner.cleanup(cleanup, keep_log=False)

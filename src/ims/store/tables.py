@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from sqlalchemy import JSON, BigInteger, Column, DateTime, Integer, MetaData, String, Table, Text
+from sqlalchemy import JSON, BigInteger, Column, DateTime, ForeignKey, Integer, MetaData, String, Table, Text
 from sqlalchemy.dialects.postgresql import JSONB
 
 metadata = MetaData()
@@ -50,6 +50,17 @@ jobs = _record_table(
     Column("launch", JsonType, nullable=True),  # what the runner needs beyond the record (no secrets)
 )
 remote_build_nodes = _record_table("remote_build_nodes")
+
+# A job's bearer token, only as its sha256 (ims.store.job_tokens); it goes with the job's row.
+job_tokens = Table(
+    "job_tokens",
+    metadata,
+    Column("job_id", String(128), ForeignKey("jobs.id", ondelete="CASCADE"), primary_key=True),
+    Column("token_hash", String(64), nullable=False, unique=True, index=True),
+    Column("created", DateTime, nullable=False),
+    Column("revoked", DateTime, nullable=True),
+    Column("result_image_ids", JsonType, nullable=False),  # images the job created (POST /images)
+)
 
 tasks = Table(
     "tasks",
