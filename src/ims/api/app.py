@@ -133,6 +133,7 @@ def create_app(services: Services, *, start_workers: Callable[[], Callable[[], N
         generate_unique_id_function=_unique_id,
     )
     app.state.services = services
+    auth.install(app, services)  # before the routers: every route they add checks its caller first
 
     app.include_router(health.build())
     for prefix, version in VERSIONS:
@@ -141,6 +142,7 @@ def create_app(services: Services, *, start_workers: Callable[[], Callable[[], N
     for resource in records.RESOURCES:
         app.include_router(records.build_deleted(resource), prefix="/v3")
     app.include_router(remote_nodes.build(), prefix="/v3")
+    app.include_router(job_artifacts.build(), prefix="/v3")
     for hook in ROUTER_HOOKS:
         for prefix, version in VERSIONS:
             hook(app, prefix, version)
@@ -157,7 +159,6 @@ def _install_error_handlers(app: FastAPI) -> None:
     async def _ims_error(_: Request, exc: ImsError) -> JSONResponse:
         if exc.status >= 500:
             log.warning("request failed: %s", exc.detail)
-    auth.install(app, services)  # before the routers: every route they add checks its caller first
         return problem_from(exc)
 
     @app.exception_handler(RawHttpError)
@@ -166,7 +167,6 @@ def _install_error_handlers(app: FastAPI) -> None:
             return problem(413, exc.message)
         return JSONResponse({"message": exc.message}, status_code=exc.status)
 
-    app.include_router(job_artifacts.build(), prefix="/v3")
     @app.exception_handler(StarletteHTTPException)
     async def _http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
         if exc.status_code == 404:

@@ -98,6 +98,10 @@ def serve(host: str, port: int, workers: int = 1) -> None:
     # Job stages call back to this address (ims.jobs.spec.api_url); every server process reads it from here.
     os.environ["IMS_HOST"], os.environ["IMS_PORT"] = host, str(port)
     settings = load_settings_or_exit()
+    problem = settings.auth_start_problem()
+    if problem:
+        print(problem, file=sys.stderr)
+        raise SystemExit(2)
     configure_logging(settings)
     prepare(settings).database.dispose()
     log.info("IMS listening on http://%s:%s (database %s)", host, port, settings.effective_database_url)
@@ -128,7 +132,3 @@ def run_worker() -> None:
     finally:
         stop()
         ctx.database.dispose()
-    problem = settings.auth_start_problem()
-    if problem:
-        print(problem, file=sys.stderr)
-        raise SystemExit(2)

@@ -204,6 +204,7 @@ class JobService:
                 endpoint = {"host": settings.ssh_host, "port": port}
                 container["connection_info"] = {"customer_access": dict(endpoint), "cluster.local": dict(endpoint)}
             self.repo.insert(conn, record, phase=state.QUEUED, ssh_port=port, launch=launch, status_changed=utcnow())
+            job_tokens.create(conn, job_id)  # the token itself is minted at launch (ims.store.job_tokens)
         self.ctx.notify_tasks()
         return record
 
@@ -214,7 +215,6 @@ class JobService:
             raise Unavailable(f"IMS_JOB_SSH_PORTS is invalid: {exc}") from None
         return pick_port(ports, state.used_ssh_ports(conn), ssh_listen(self.ctx.settings))
 
-            job_tokens.create(conn, job_id)  # the token itself is minted at launch (ims.store.job_tokens)
     def _download(self, job_type: str, artifact_id: str, source: dict[str, Any] | None) -> dict[str, Any]:
         """The original's artifact lookup: what the job downloads, with its md5; presigning is checked."""
         kind = "recipe" if job_type == "create" else "image"
@@ -347,6 +347,7 @@ class JobService:
 
     def _delete_row(self, conn: Any, row: state.JobRow) -> str | None:
         """Delete a job inside the caller's transaction; returns a job id whose local directory to remove."""
+        job_tokens.revoke(conn, row.id)
         if row.phase in state.ACTIVE_PHASES:
             # Its worker stops the process, removes the directory and then the row.
             state.tombstone(conn, [row.id])
@@ -357,7 +358,6 @@ class JobService:
         return None  # finished on another host; its directory stays there (the reconciler there skips it)
 
     def _after_delete(self, cleanup: str | None) -> None:
-        job_tokens.revoke(conn, row.id)
         if cleanup is not None:
             try:
                 self.runner.cleanup(cleanup, keep_log=False)
