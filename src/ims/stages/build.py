@@ -15,7 +15,7 @@ process ends, every mount and process in it goes too.
 
 from __future__ import annotations
 
-import json
+import codecs
 import os
 import re
 import shutil
@@ -28,14 +28,16 @@ from typing import Literal, TextIO
 
 from ims.stages.create_env import CreateSettings
 from ims.stages.environment import JobEnvironment
-from ims.stages.kiwi_config import Description, DescriptionError, read_description
+from ims.stages.kiwi_config import PACKAGED_TYPES, Description, DescriptionError, packaging_refusal, read_description
 from ims.stages.kiwi_lock import kiwi_build_lock
+from ims.stages.kiwi_output import ProgressFilter
+from ims.stages.kiwi_result import kis_artifacts, remove_leftovers
 from ims.stages.recipe_fetch import recipe_dir
 from ims.stages.reporting import Reporter, StageError
 from ims.stages.rootpath import resolve_in_root
 
 BUILD_FAILED = "build_failed"
-SUPPORTED_TYPES = ("tbz", "kis")
+SUPPORTED_TYPES = PACKAGED_TYPES
 CA_IN_IMAGE = "etc/cray/ca/certificate_authority.crt"  # where the original's images carry the cluster CA
 CA_NAME = "cray_certificate_authority.crt"
 # kiwi's name for the distribution family whose CA store and update tool it should use.
@@ -152,10 +154,14 @@ def _stream(argv: list[str], out: TextIO) -> int:
         raise StageError(f"{argv[0]} is not installed") from exc
     assert process.stdout is not None
     fd = process.stdout.fileno()
+    bars = ProgressFilter()  # only each progress bar's final state reaches the log
+    decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
     try:
         while chunk := os.read(fd, 65536):
-            out.write(chunk.decode(errors="replace"))
+            out.write(bars.feed(decoder.decode(chunk)))
             out.flush()
+        out.write(bars.flush())
+        out.flush()
     except BaseException:
         # Stopped (SIGTERM -> JobStopped) or broken: do not wait minutes for the build to finish.
         # `unshare --fork` blocks SIGTERM, so it gets SIGKILL; --kill-child then takes kiwi's whole PID
@@ -166,28 +172,6 @@ def _stream(argv: list[str], out: TextIO) -> int:
         process.stdout.close()
         returncode = process.wait()
     return returncode
-
-
-def _kis_artifacts(target: Path) -> tuple[Path, Path, Path]:
-    """kiwi's kernel, initrd and root file system image, from its result record (or by name)."""
-    results: dict[str, Path] = {}
-    record = target / "kiwi.result.json"
-    if record.is_file():
-        for key, entry in json.loads(record.read_text()).items():
-            if isinstance(entry, dict) and entry.get("filename"):
-                results[key] = Path(entry["filename"])
-    kernel = results.get("kis_kernel") or next(iter(sorted(target.glob("*.kernel"))), None)
-    initrd = results.get("kis_initrd") or next(iter(sorted(target.glob("*.initrd*"))), None)
-    rootfs = results.get("kis_rootfs")
-    missing = [
-        name
-        for name, path in (("kernel", kernel), ("initrd", initrd), ("root file system", rootfs))
-        if path is None or not path.is_file()
-    ]
-    if missing:
-        raise StageError(f'kiwi finished but left no {", ".join(missing)} in {target} (is archive="false" set?)')
-    assert kernel is not None and initrd is not None and rootfs is not None
-    return kernel, initrd, rootfs
 
 
 def _prepare_ca(settings: CreateSettings, description: Description, recipe: Path, parent: Path) -> Path | None:
@@ -226,13 +210,13 @@ def build_image(env: JobEnvironment, reporter: Reporter, settings: CreateSetting
     except DescriptionError as exc:
         raise fail(str(exc)) from exc
     kind = description.build_type.image
-    if kind not in SUPPORTED_TYPES:
-        raise fail(f"build type {kind!r} is not supported; use one of {', '.join(SUPPORTED_TYPES)}")
+    refusal = packaging_refusal(description.build_type)  # before kiwi runs, never after a build
+    if refusal:
+        raise fail(refusal)
 
-    runtime_config = None
-    if kind == "tbz":
-        runtime_config = parent / "kiwi-runtime.yml"
-        runtime_config.write_text("xz:\n  options: -0 -T0\n")
+    # The tar.xz kiwi insists on (tbz; kis unless archive="false") is never uploaded: make it the fastest xz.
+    runtime_config = parent / "kiwi-runtime.yml"
+    runtime_config.write_text("xz:\n  options: -0 -T0\n")
     try:
         ca = _prepare_ca(settings, description, recipe, parent)
         argv = kiwi_argv(
@@ -265,9 +249,15 @@ def build_image(env: JobEnvironment, reporter: Reporter, settings: CreateSetting
         image_root = parent / "build" / "image-root"
         if not image_root.is_dir():
             raise fail(f"kiwi finished but there is no image root at {image_root}")
+        removed = remove_leftovers(image_root)
+        if removed:
+            reporter.say(
+                "removed kiwi's own files from the image root (kiwi leaves them out of its images too): "
+                + ", ".join(f"/{path}" for path in removed)
+            )
         return BuildResult("tbz", log_path, seconds, image_root=image_root)
     try:
-        kernel, initrd, rootfs = _kis_artifacts(parent)
+        kernel, initrd, rootfs = kis_artifacts(parent, reporter.say)
     except StageError as exc:
         raise fail(str(exc)) from exc
     return BuildResult("kis", log_path, seconds, kernel=kernel, initrd=initrd, rootfs=rootfs)

@@ -30,6 +30,31 @@ class BuildType:
     image: str
     filesystem: str
     initrd_system: str
+    archive: str = ""  # kis: "false" keeps kiwi from packing its results into a tar.xz (default: it does)
+    compressed: str = ""  # kis: "true" xz-compresses the root file system image
+
+
+PACKAGED_TYPES = ("tbz", "kis")
+
+
+def packaging_refusal(build_type: BuildType) -> str:
+    """Why IMS could not package what kiwi would build of this type; '' when it can.
+
+    Asked before kiwi runs, so a recipe that cannot become an IMS image fails in seconds, not after a build.
+    """
+    kind = build_type.image
+    if kind not in PACKAGED_TYPES:
+        return f"build type {kind!r} is not supported; use one of {', '.join(PACKAGED_TYPES)}"
+    if kind != "kis":
+        return ""
+    if build_type.filesystem != "squashfs":
+        given = f'filesystem="{build_type.filesystem}"' if build_type.filesystem else "no filesystem attribute"
+        return f'a kis image needs filesystem="squashfs" (IMS boots a squashfs root); the recipe has {given}'
+    if build_type.compressed.lower() == "true":
+        return 'a kis image with compressed="true" has an xz-compressed root that cannot boot as is; drop compressed'
+    if build_type.initrd_system.lower() == "none":
+        return 'a kis image needs an initrd; the recipe has initrd_system="none"'
+    return ""
 
 
 @dataclass(frozen=True)
@@ -68,6 +93,8 @@ def _build_type(root: ET.Element) -> BuildType:
         image=chosen.get("image", ""),
         filesystem=chosen.get("filesystem", ""),
         initrd_system=chosen.get("initrd_system", ""),
+        archive=chosen.get("archive", ""),
+        compressed=chosen.get("compressed", ""),
     )
 
 
