@@ -55,7 +55,7 @@ def _root(
 def serve(
     host: str = typer.Option(None, help="Listen address (default IMS_HOST or 127.0.0.1)."),
     port: int = typer.Option(None, help="Listen port (default IMS_PORT or 9100)."),
-    workers: int = typer.Option(1, min=1, help="Server processes sharing the database."),
+    workers: int = typer.Option(None, min=1, help="Server processes (default: one per CPU, at most 4)."),
 ) -> None:
     """Run the API and its background workers.
 

@@ -2,10 +2,15 @@
 
 from __future__ import annotations
 
+import contextlib
+import gc
 import logging
 import os
+import socket
 import sys
+import threading
 import time
+import uuid
 from collections.abc import Callable
 
 from fastapi import FastAPI
@@ -82,17 +87,73 @@ def start_workers(ctx: ServiceContext) -> Stopper:
     return stop
 
 
+# With several server processes the background workers run once, in the supervising process; the server
+# processes wake them through this datagram socket (Linux abstract namespace) after queuing work.
+_WAKE_ENV = "IMS_INTERNAL_WAKE_SOCKET"
+
+
+def default_workers() -> int:
+    """Server processes when `--workers` is not given: one per CPU, at most 4 (reads scale with processes;
+    SQLite writes do not, and every process holds its own caches)."""
+    return max(1, min(os.cpu_count() or 1, 4))
+
+
+def _wake_sender(address: str) -> Callable[[], None]:
+    sender = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    sender.setblocking(False)
+
+    def wake() -> None:
+        with contextlib.suppress(OSError):  # the workers poll anyway (IMS_TASK_POLL_SECONDS)
+            sender.sendto(b"w", "\0" + address)
+
+    return wake
+
+
+def _wake_listener(ctx: ServiceContext) -> tuple[str, Callable[[], None]]:
+    address = f"ims-wake-{os.getpid()}-{uuid.uuid4().hex[:12]}"  # abstract namespace: no file to remove
+    receiver = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    receiver.bind("\0" + address)
+    receiver.settimeout(0.5)
+    done = threading.Event()
+
+    def listen() -> None:
+        while not done.is_set():
+            try:
+                receiver.recv(64)
+            except TimeoutError:
+                continue
+            except OSError:
+                return
+            ctx.notify_tasks()
+
+    thread = threading.Thread(target=listen, name="ims-wake", daemon=True)
+    thread.start()
+
+    def stop() -> None:
+        done.set()
+        thread.join(2)
+        receiver.close()
+
+    return address, stop
+
+
 def build_app(settings: Settings | None = None, *, migrate_first: bool = False) -> FastAPI:
     """The app for one server process (uvicorn calls this once per worker process)."""
     settings = settings or load_settings_or_exit()
     configure_logging(settings)
     ctx = prepare(settings) if migrate_first else ServiceContext.from_settings(settings)
+    wake_address = os.environ.get(_WAKE_ENV)
+    if wake_address and not settings.run_workers:
+        ctx.on_task_queued.append(_wake_sender(wake_address))
     services = Services.build(ctx)
     starter = (lambda: start_workers(ctx)) if settings.run_workers else None
-    return create_app(services, start_workers=starter)
+    app = create_app(services, start_workers=starter)
+    gc.freeze()  # what start-up made lives on: later collections need not walk it again
+    return app
 
 
-def serve(host: str, port: int, workers: int = 1) -> None:
+def serve(host: str, port: int, workers: int | None = None) -> None:
+    workers = workers or default_workers()
     import uvicorn
 
     # Job stages call back to this address (ims.jobs.spec.api_url); every server process reads it from here.
@@ -106,8 +167,23 @@ def serve(host: str, port: int, workers: int = 1) -> None:
     prepare(settings).database.dispose()
     log.info("IMS listening on http://%s:%s (database %s)", host, port, settings.effective_database_url)
     if workers > 1:
-        uvicorn.run("ims.cli.serve:build_app", factory=True, host=host, port=port, workers=workers,
-                    log_level=settings.log_level.lower(), access_log=False)
+        # Exactly one set of background workers (S3 tasks, jobs, reconciler): here, not in each server process.
+        ctx = ServiceContext.from_settings(settings) if settings.run_workers else None
+        stop_workers = start_workers(ctx) if ctx is not None else None
+        stop_wake = None
+        if ctx is not None:
+            os.environ[_WAKE_ENV], stop_wake = _wake_listener(ctx)
+        os.environ["IMS_RUN_WORKERS"] = "false"
+        try:
+            uvicorn.run("ims.cli.serve:build_app", factory=True, host=host, port=port, workers=workers,
+                        log_level=settings.log_level.lower(), access_log=False)
+        finally:
+            if stop_wake is not None:
+                stop_wake()
+            if stop_workers is not None:
+                stop_workers()
+            if ctx is not None:
+                ctx.database.dispose()
     else:
         uvicorn.run(build_app(settings), host=host, port=port, log_level=settings.log_level.lower(),
                     access_log=False)
