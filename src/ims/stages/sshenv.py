@@ -7,6 +7,7 @@ import time
 from pathlib import Path
 
 from ims.stages.environment import JobEnvironment
+from ims.stages.hostkeys import host_key_lines
 from ims.stages.reporting import Reporter, StageError
 from ims.stages.resolv import ResolvSwap
 from ims.stages.signals import SignalPlaces, Verdict
@@ -57,6 +58,8 @@ def sshenv(env: JobEnvironment, reporter: Reporter, image_root: Path | None = No
             + f"when done, touch {where}/complete "
             f"(or {where}/failed to discard the changes)"
         )
+        for line in host_key_lines(files.host_keys()):  # for clients to pin (stages/hostkeys.py)
+            reporter.say(line)
         reporter.status("waiting_on_user")
         verdict = places.wait(env.poll_seconds, env.user_wait_limit, server.running)
         reporter.say(f"user verdict: {verdict.value}")
