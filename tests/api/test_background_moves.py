@@ -73,7 +73,7 @@ def test_reads_stay_fast_during_a_large_move(
 ) -> None:
     with httpx.Client(base_url=fresh_ims_server.url, timeout=30) as api:
         record, stored = register_image(api, artifact_store, "big", rootfs=big_rootfs)
-        others = [api.post("/v3/public-keys", json={"name": f"k{i}", "public_key": "ssh-rsa AAA"}).json()
+        others = [api.post("/v3/public-keys", json={"name": f"k{i}", "public_key": "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIEXAMPLEONLYFORTESTS test@ims"}).json()
                   for i in range(20)]
         image_id = record["id"]
 

@@ -287,7 +287,7 @@ def test_deleted_links_do_not_block_reuse(api: httpx.Client, artifact_store: Art
 
 @pytest.mark.parametrize("kind", ["public-keys", "recipes", "images"])
 def test_undelete_body_rules(api: httpx.Client, kind: str) -> None:
-    body = {"name": "x", "public_key": "k"} if kind == "public-keys" else {"name": "x"}
+    body = {"name": "x", "public_key": "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIEXAMPLEONLYFORTESTS test@ims"} if kind == "public-keys" else {"name": "x"}
     if kind == "recipes":
         body.update(recipe_type="kiwi-ng", linux_distribution="sles15")
     record = api.post(f"/v3/{kind}", json=body).json()
@@ -305,7 +305,7 @@ def test_undelete_body_rules(api: httpx.Client, kind: str) -> None:
 
 @pytest.mark.parametrize("kind", ["public-keys", "recipes", "images"])
 def test_deleted_unknown_ids(api: httpx.Client, kind: str) -> None:
-    active = api.post("/v3/public-keys", json={"name": "a", "public_key": "k"}).json()["id"]
+    active = api.post("/v3/public-keys", json={"name": "a", "public_key": "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIEXAMPLEONLYFORTESTS test@ims"}).json()["id"]
     for record_id in ("missing", active if kind == "public-keys" else "00000000-0000-4000-8000-000000000000"):
         assert_problem(api.get(f"/v3/deleted/{kind}/{record_id}"), 404, NOT_FOUND)
         assert_problem(api.patch(f"/v3/deleted/{kind}/{record_id}", json=UNDELETE), 404, NOT_FOUND)
@@ -372,7 +372,7 @@ def test_collection_undelete_is_all_or_nothing(fresh_api: httpx.Client, artifact
 
 
 def test_public_key_collections(fresh_api: httpx.Client) -> None:
-    keys = [fresh_api.post("/v3/public-keys", json={"name": f"k{i}", "public_key": "ssh-rsa AAA"}).json()
+    keys = [fresh_api.post("/v3/public-keys", json={"name": f"k{i}", "public_key": "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIEXAMPLEONLYFORTESTS test@ims"}).json()
             for i in range(3)]
     fresh_api.delete("/v3/public-keys")
     assert_no_content(fresh_api.patch("/v3/deleted/public-keys", json=UNDELETE))
@@ -384,7 +384,7 @@ def test_public_key_collections(fresh_api: httpx.Client) -> None:
 
 
 def test_deleted_timestamps(api: httpx.Client) -> None:
-    record = api.post("/v3/public-keys", json={"name": "t", "public_key": "k"}).json()
+    record = api.post("/v3/public-keys", json={"name": "t", "public_key": "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIEXAMPLEONLYFORTESTS test@ims"}).json()
     api.delete(f"/v3/public-keys/{record['id']}")
     deleted = api.get(f"/v3/deleted/public-keys/{record['id']}").json()["deleted"]
     assert re.match(r"^\d{4}-\d{2}-\d{2}T", deleted) and "+" not in deleted and not deleted.endswith("Z")

@@ -23,8 +23,8 @@ from tests.support.servers import start_ims_server
 
 # Every endpoint that reads a body, with a body it accepts.
 POSTS = [
-    ("/v3/public-keys", {"name": "k", "public_key": "ssh-rsa AAA"}),
-    ("/public-keys", {"name": "k", "public_key": "ssh-rsa AAA"}),
+    ("/v3/public-keys", {"name": "k", "public_key": "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIEXAMPLEONLYFORTESTS test@ims"}),
+    ("/public-keys", {"name": "k", "public_key": "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIEXAMPLEONLYFORTESTS test@ims"}),
     ("/v2/recipes", {"name": "r", "recipe_type": "kiwi-ng", "linux_distribution": "sles15"}),
     ("/v3/images", {"name": "i"}),
     ("/images", {"name": "i"}),
@@ -124,8 +124,8 @@ def test_413_without_content_length(api: httpx.Client) -> None:
 
 
 def test_a_body_just_under_the_limit_is_read(api: httpx.Client) -> None:
-    name = "x" * (1024 * 1024 - 100)
-    response = api.post("/v3/images", json={"name": name})
+    value = "x" * (1024 * 1024 - 100)  # names are bounded (255); metadata values are not
+    response = api.post("/v3/images", json={"name": "big", "metadata": {"k": value}})
     assert response.status_code == 201
     api.delete(f"/v2/images/{response.json()['id']}")
 
@@ -135,8 +135,8 @@ def test_the_limit_is_a_setting(tmp_path: Path, s3_env: dict[str, str]) -> None:
     server = start_ims_server(tmp_path / "ims", s3_env, {"IMS_MAX_BODY_BYTES": "2048"})
     try:
         with httpx.Client(base_url=server.url) as client:
-            assert client.post("/v3/images", json={"name": "x" * 1500}).status_code == 201
-            assert_problem(client.post("/v3/images", json={"name": "x" * 3000}), 413)
+            assert client.post("/v3/images", json={"name": "x", "metadata": {"k": "x" * 1500}}).status_code == 201
+            assert_problem(client.post("/v3/images", json={"name": "x", "metadata": {"k": "x" * 3000}}), 413)
     finally:
         server.stop()
 

@@ -103,7 +103,7 @@ def api(server: ImsServer) -> Iterator[httpx.Client]:
 
 @pytest.fixture(scope="module")
 def key_id(api: httpx.Client) -> str:
-    response = api.post("/v3/public-keys", json={"name": "k", "public_key": "ssh-ed25519 AAAAC3Nza test@ims"})
+    response = api.post("/v3/public-keys", json={"name": "k", "public_key": "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIEXAMPLEONLYFORTESTS test@ims"})
     assert response.status_code == 201
     return str(response.json()["id"])
 
@@ -277,7 +277,7 @@ def test_customize_dkms_follows_job_enable_dkms(
     started = _server(work_root, s3_env, JOB_ENABLE_DKMS="false")
     try:
         with httpx.Client(base_url=started.url, timeout=30) as client:
-            key = client.post("/v3/public-keys", json={"name": "k", "public_key": "ssh-ed25519 AAAA x"}).json()["id"]
+            key = client.post("/v3/public-keys", json={"name": "k", "public_key": "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIEXAMPLEONLYFORTESTS test@ims"}).json()["id"]
             image = image_record(client, put_image(artifact_store).link)
             assert customize(client, image, key)["require_dkms"] is False
             assert customize(client, image, key, require_dkms=True)["require_dkms"] is True
@@ -548,7 +548,7 @@ def fresh(
 ) -> Iterator[tuple[httpx.Client, str, str]]:
     started = _server(work_root, s3_env)
     with httpx.Client(base_url=started.url, timeout=30) as client:
-        key = client.post("/v3/public-keys", json={"name": "k", "public_key": "ssh-ed25519 AAAA x"}).json()["id"]
+        key = client.post("/v3/public-keys", json={"name": "k", "public_key": "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIEXAMPLEONLYFORTESTS test@ims"}).json()["id"]
         yield client, image_record(client, put_image(artifact_store).link), key
     started.stop()
 

@@ -20,7 +20,7 @@ from tests.support.contract import (
 )
 from tests.support.servers import start_ims_server
 
-KEY = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIO6ExampleKeyOnlyForTests test@ims"
+KEY = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIO6ExampleKeyOnlyForTest test@ims"
 
 
 def create(api: httpx.Client, prefix: str = "/v3", name: str = "key") -> dict[str, Any]:

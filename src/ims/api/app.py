@@ -92,14 +92,38 @@ class HeadAndOptions:
         await self.app(dict(scope, method="GET"), receive, send_headers_only)
 
     def _allowed(self, scope: Scope) -> set[str]:
-        allowed = {
-            method
-            for method in ("GET", "POST", "PUT", "PATCH", "DELETE")
-            if any(route.matches(dict(scope, method=method))[0] == Match.FULL for route in self.router.routes)
-        }
-        if allowed:
-            allowed |= {"OPTIONS"} | ({"HEAD"} if "GET" in allowed else set())
-        return allowed
+        return allowed_methods(self.router, scope)
+
+
+def allowed_methods(router: Any, scope: Scope) -> set[str]:
+    """Every method some route answers on this path (for `Allow` on OPTIONS and 405)."""
+    allowed = {
+        method
+        for method in ("GET", "POST", "PUT", "PATCH", "DELETE")
+        if any(route.matches(dict(scope, method=method))[0] == Match.FULL for route in router.routes)
+    }
+    if allowed:
+        allowed |= {"OPTIONS"} | ({"HEAD"} if "GET" in allowed else set())
+    return allowed
+
+
+class RefuseNul:
+    """A NUL in the path or the query string: 404 / 400 at once. PostgreSQL cannot even compare such a
+    string (it refuses NUL in text), so it never reaches a query, and SQLite behaves the same."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http":
+            if "\x00" in scope.get("path", ""):
+                await problem(404, MSG_NOT_FOUND_URL)(scope, receive, send)
+                return
+            query = scope.get("query_string", b"").lower()
+            if b"%00" in query or b"\x00" in query:
+                await problem(400, "Query parameters must not contain a NUL character.")(scope, receive, send)
+                return
+        await self.app(scope, receive, send)
 
 
 def _unique_id(route: APIRoute) -> str:
@@ -150,6 +174,7 @@ def create_app(services: Services, *, start_workers: Callable[[], Callable[[], N
     _install_error_handlers(app)
     app.add_middleware(BodySizeLimit, limit=services.ctx.settings.max_body_bytes)
     app.add_middleware(HeadAndOptions, router=app.router)
+    app.add_middleware(RefuseNul)
     app.openapi = lambda: _openapi(app)  # type: ignore[method-assign]
     return app
 
@@ -172,10 +197,11 @@ def _install_error_handlers(app: FastAPI) -> None:
         if exc.status_code == 404:
             return problem(404, MSG_NOT_FOUND_URL)
         if exc.status_code == 405:
+            allow = {"Allow": ", ".join(sorted(allowed_methods(app.router, request.scope)))}
             if request.url.path.startswith(("/healthz", "/version")):
-                return JSONResponse({"message": MSG_METHOD}, status_code=405)
+                return JSONResponse({"message": MSG_METHOD}, status_code=405, headers=allow)
             body = {"message": MSG_METHOD, "status": 405, "title": "Method Not Allowed", "detail": MSG_METHOD}
-            return JSONResponse(body, status_code=405)
+            return JSONResponse(body, status_code=405, headers=allow)
         return problem(exc.status_code, str(exc.detail))
 
     @app.exception_handler(RequestValidationError)

@@ -11,6 +11,7 @@ from fastapi import Request
 from fastapi.responses import JSONResponse, Response
 
 from ims.domain.errors import ImsError
+from ims.domain.validation import JSON_MAX_DEPTH, json_too_deep
 
 MSG_NOT_JSON = "Did not attempt to load JSON data because the request Content-Type was not 'application/json'."
 MSG_BAD_JSON = "The browser (or proxy) sent a request that this server could not understand."
@@ -19,6 +20,7 @@ MSG_NOT_FOUND_URL = (
     "and try again."
 )
 MSG_METHOD = "The method is not allowed for the requested URL."
+MSG_TOO_DEEP = f"The JSON body is nested deeper than {JSON_MAX_DEPTH} levels."
 
 PROBLEM_JSON = "application/problem+json"
 
@@ -63,10 +65,21 @@ async def read_json(request: Request) -> Any:
     raw = await request.body()
     if not raw.strip():
         raise RawHttpError(400, MSG_BAD_JSON)
+    if json_too_deep(raw):
+        raise TooDeep()
     try:
         return json.loads(raw)
-    except (ValueError, UnicodeDecodeError):
+    except (ValueError, UnicodeDecodeError, RecursionError):
         raise RawHttpError(400, MSG_BAD_JSON) from None
+
+
+class TooDeep(ImsError):
+    """A body nested deeper than any IMS request: refused before parsing (a parser's recursion is finite)."""
+
+    status = 400
+
+    def __init__(self) -> None:
+        super().__init__(MSG_TOO_DEEP)
 
 
 def ok(body: Any, status: int = 200) -> JSONResponse:

@@ -2,11 +2,28 @@
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from ims.domain import validation as rules
+
+
+def _no_default(schema: dict[str, Any]) -> None:
+    schema.pop("default", None)
+
+
+def optional(**kwargs: Any) -> Any:
+    """A field a PATCH may leave out but may not set to null: not nullable in the document."""
+    return Field(default=None, json_schema_extra=_no_default, **kwargs)
+
+
+def name_field(**kwargs: Any) -> Any:
+    """A record name: 1 to NAME_MAX_LENGTH characters."""
+    return Field(min_length=1, max_length=rules.NAME_MAX_LENGTH, **kwargs)
+
 Arch = Literal["aarch64", "x86_64"]
+JobType = Literal["create", "customize"]
 JobStatus = Literal[
     "creating",
     "fetching_image",
@@ -23,7 +40,12 @@ JobStatus = Literal[
 class ArtifactLink(BaseModel):
     """Where an artifact lives: `s3://bucket/key`."""
 
-    path: str = Field(min_length=1, examples=["s3://boot-images/1fb58f4e-ad23-489b-89b7-95868fca7ee6/manifest.json"])
+    path: str = Field(
+        min_length=1,
+        pattern=rules.S3_PATH_PATTERN,
+        description="`s3://bucket/key`; a key of at most 1024 bytes without control characters.",
+        examples=["s3://boot-images/1fb58f4e-ad23-489b-89b7-95868fca7ee6/manifest.json"],
+    )
     etag: str = Field(default="", description="S3 ETag of the object when the link was made; may be empty.")
     type: Literal["s3"] = "s3"
 
@@ -35,8 +57,13 @@ class KeyValue(BaseModel):
 
 class PublicKeyInput(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    name: str = Field(min_length=1)
-    public_key: str = Field(min_length=1, description="An OpenSSH public key, one line.")
+    name: str = name_field()
+    public_key: str = Field(
+        min_length=1,
+        max_length=rules.PUBLIC_KEY_MAX_LENGTH,
+        description="One OpenSSH public key line (`<type> <base64> [comment]`, the .pub file); no options, "
+        "no private key.",
+    )
 
 
 class PublicKeyRecord(PublicKeyInput):
@@ -50,7 +77,7 @@ class DeletedPublicKeyRecord(PublicKeyRecord):
 
 class RecipeInput(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    name: str = Field(min_length=1)
+    name: str = name_field()
     recipe_type: Literal["kiwi-ng", "packer"]
     linux_distribution: Literal["sles12", "sles15", "centos7", "debian12"]
     link: ArtifactLink | None = None
@@ -61,11 +88,11 @@ class RecipeInput(BaseModel):
 
 class RecipePatch(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    name: str | None = Field(default=None, min_length=1, description="Ours: rename the recipe.")
-    link: ArtifactLink | None = None
-    arch: Arch | None = None
-    require_dkms: bool | None = None
-    template_dictionary: list[KeyValue] | None = None
+    name: str = optional(description="Ours: rename the recipe.", min_length=1, max_length=rules.NAME_MAX_LENGTH)
+    link: ArtifactLink = optional()
+    arch: Arch = optional()
+    require_dkms: bool = optional()
+    template_dictionary: list[KeyValue] = optional()
 
 
 class RecipeRecord(RecipeInput):
@@ -79,7 +106,7 @@ class DeletedRecipeRecord(RecipeRecord):
 
 class ImageInput(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    name: str = Field(min_length=1)
+    name: str = name_field()
     link: ArtifactLink | None = None
     arch: Arch = "x86_64"
     metadata: dict[str, str] = Field(default_factory=dict)
@@ -94,10 +121,10 @@ class MetadataOperation(BaseModel):
 
 class ImagePatch(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    name: str | None = Field(default=None, min_length=1, description="Ours: rename the image.")
-    link: ArtifactLink | None = None
-    arch: Arch | None = None
-    metadata: MetadataOperation | None = None
+    name: str = optional(description="Ours: rename the image.", min_length=1, max_length=rules.NAME_MAX_LENGTH)
+    link: ArtifactLink = optional()
+    arch: Arch = optional()
+    metadata: MetadataOperation = optional()
 
 
 class ImageRecord(ImageInput):
@@ -116,7 +143,10 @@ class UndeleteInput(BaseModel):
 
 class RemoteBuildNodeInput(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    xname: str = Field(min_length=1)
+    xname: str = Field(
+        min_length=1, max_length=253, pattern=r"^[^/\s]+$",
+        description="A Cray xname (x3000c0s19b4n0), a host name or an IP address.",
+    )
 
 
 class RemoteBuildNodeRecord(RemoteBuildNodeInput):
@@ -139,7 +169,7 @@ class SshEndpoint(BaseModel):
 
 class SshContainerInput(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    name: str | None = None
+    name: str = optional()
     jail: bool = False
 
 
@@ -155,10 +185,14 @@ class JobInput(BaseModel):
     job_type: Literal["create", "customize"]
     artifact_id: str = Field(description="Recipe id (create) or image id (customize).")
     public_key_id: str
-    image_root_archive_name: str = Field(min_length=1, description="Name of the image the job makes.")
+    image_root_archive_name: str = name_field(description="Name of the image the job makes.")
     enable_debug: bool = False
-    build_env_size: int = Field(default=60, ge=1, description="GiB; default DEFAULT_IMS_IMAGE_SIZE.")
-    job_mem_size: int = Field(default=8, ge=1, description="GiB; default DEFAULT_IMS_JOB_MEM_SIZE.")
+    build_env_size: int = Field(
+        default=60, ge=1, le=rules.SIZE_GIB_MAX, description="GiB; default DEFAULT_IMS_IMAGE_SIZE."
+    )
+    job_mem_size: int = Field(
+        default=8, ge=1, le=rules.SIZE_GIB_MAX, description="GiB; default DEFAULT_IMS_JOB_MEM_SIZE."
+    )
     kernel_file_name: str = Field(default="", description="Defaults to `vmlinuz` (x86_64) or `Image` (aarch64).")
     initrd_file_name: str = Field(default="initrd", min_length=1)
     kernel_parameters_file_name: str = Field(default="kernel-parameters", min_length=1)
@@ -168,7 +202,7 @@ class JobInput(BaseModel):
 
 class JobPatch(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    status: JobStatus | None = None
+    status: JobStatus = optional()
     resultant_image_id: str | None = None
     status_reason: str | None = None
 

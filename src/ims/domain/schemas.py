@@ -6,6 +6,7 @@ from typing import Any
 
 from marshmallow import EXCLUDE, RAISE, Schema, ValidationError, fields, pre_load, validate
 
+from ims.domain import validation as rules
 from ims.domain.errors import NoInput, ValidationFailed
 from ims.domain.jobs import JOB_STATUSES, JOB_TYPES
 
@@ -140,7 +141,10 @@ class SshContainerInput(Schema):
     jail = fields.Bool(load_default=False)
 
 
-_size_rule = validate.Range(min=1, error="build_env_size must be greater than or equal to 1")
+_size_rule = [
+    validate.Range(min=1, error="build_env_size must be greater than or equal to 1"),
+    validate.Range(max=rules.SIZE_GIB_MAX, error=f"Sizes must be at most {rules.SIZE_GIB_MAX} (GiB)."),
+]
 
 
 class JobInput(Schema):
@@ -181,10 +185,70 @@ def load_input(schema: Schema, body: Any) -> dict[str, Any]:
     """Validate a request body: a falsy body is 'No input provided', anything else goes to the schema."""
     if not body:
         raise NoInput()
+    nul = rules.nul_fields(body)
+    if nul:
+        raise ValidationFailed(_nested({where: ["Must not contain a NUL character."] for where in nul}))
     try:
         result: dict[str, Any] = schema.load(body)
     except ValidationError as exc:
         raise ValidationFailed(exc.messages) from None
+    errors = request_rule_errors(schema, result)
+    if errors:
+        raise ValidationFailed(errors)
+    return result
+
+
+def _check_link(link: Any) -> dict[str, list[str]] | None:
+    if isinstance(link, dict) and isinstance(link.get("path"), str):
+        message = rules.check_s3_path(link["path"])
+        if message is not None:
+            return {"path": [message]}
+    return None
+
+
+# Rules for requests only (stored records imported from the original's data files keep what they have):
+# field -> check of the loaded value, returning an error message or None.
+_STR_RULES: dict[str, dict[str, Any]] = {
+    "PublicKeyInput": {"name": rules.check_name, "public_key": rules.check_public_key},
+    "RecipeInput": {"name": rules.check_name},
+    "RecipePatch": {"name": rules.check_name},
+    "ImageInput": {"name": rules.check_name},
+    "ImagePatch": {"name": rules.check_name},
+    "RemoteBuildNodeInput": {"xname": rules.check_xname},
+    "JobInput": {"image_root_archive_name": lambda value: rules.check_name(value, "image_root_archive_name")},
+}
+_LINK_SCHEMAS = frozenset({"RecipeInput", "RecipePatch", "ImageInput", "ImagePatch"})
+
+
+def request_rule_errors(schema: Schema, fields_: dict[str, Any]) -> dict[str, Any]:
+    """The checks of ims.domain.validation on a loaded request body, in marshmallow's error shape."""
+    name = type(schema).__name__
+    errors: dict[str, Any] = {}
+    for field, check in _STR_RULES.get(name, {}).items():
+        value = fields_.get(field)
+        if isinstance(value, str) and value:
+            message = check(value)
+            if message is not None:
+                errors[field] = [message]
+    if name in _LINK_SCHEMAS:
+        link_errors = _check_link(fields_.get("link"))
+        if link_errors:
+            errors["link"] = link_errors
+    return errors
+
+
+def _nested(flat: dict[str, list[str]]) -> dict[str, Any]:
+    """`{"link.path": [...]}` -> `{"link": {"path": [...]}}`, marshmallow's shape for nested fields."""
+    result: dict[str, Any] = {}
+    for dotted, messages in flat.items():
+        *parents, last = dotted.split(".")
+        place = result
+        for part in parents:
+            place = place.setdefault(part, {})
+            if not isinstance(place, dict):
+                break
+        else:
+            place[last] = messages
     return result
 
 

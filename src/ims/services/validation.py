@@ -10,6 +10,7 @@ from ims.artifacts.s3 import ArtifactError, ArtifactTooLarge
 from ims.domain.errors import BadRequest, Unavailable, Unprocessable
 from ims.domain.links import link_location
 from ims.domain.manifest import validate_manifest
+from ims.domain.validation import check_s3_path
 from ims.services.context import ServiceContext
 from ims.store.repository import RecordRepository
 
@@ -21,6 +22,13 @@ def link_repr(link: dict[str, Any]) -> str:
 
 def head_artifact(ctx: ServiceContext, link: dict[str, Any]) -> str:
     """Check the object behind a link exists; returns its `md5sum` metadata or ''."""
+    if not isinstance(link.get("path"), str) or check_s3_path(link["path"]) is not None:
+        # Not an S3 location at all: never handed to S3 (a garbage key used to come back as a 503).
+        raise Unprocessable(
+            f"The s3 artifact {link_repr(link)} cannot be validated. Please determine the specific information "
+            "that is missing or invalid and then re-run the request with valid information.",
+            {"path": [check_s3_path(str(link.get("path", ""))) or "path must be of the form s3://bucket/key."]},
+        )
     try:
         info = ctx.artifacts.head(link_location(link))
     except ArtifactError as exc:

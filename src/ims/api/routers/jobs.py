@@ -9,6 +9,8 @@ from ims.api import docs, models
 from ims.api.caching import cached
 from ims.api.deps import call, services
 from ims.api.http import no_content, ok, read_json
+from ims.domain.jobs import JOB_STATUSES
+from ims.domain.validation import INT_MAX
 from ims.services.jobs import JobService
 
 
@@ -18,6 +20,12 @@ def job_service(request: Request) -> JobService:
     if service is None:
         service = found.extra.setdefault("jobs", JobService(found.ctx))
     return service  # type: ignore[no-any-return]
+
+
+def _any_case(words: tuple[str, ...]) -> str:
+    """A pattern matching any of the words in any letter case (JSON Schema patterns have no `(?i)`)."""
+    alternatives = ("".join(f"[{c.lower()}{c.upper()}]" if c.isalpha() else c for c in word) for word in words)
+    return "^(" + "|".join(alternatives) + ")$"
 
 
 def build(version: str) -> APIRouter:
@@ -30,10 +38,12 @@ def build(version: str) -> APIRouter:
     )
     async def list_jobs(
         request: Request,
-        status: list[str] | None = Query(None, description="Ours: only jobs in these statuses (repeatable)."),
-        job_type: str | None = Query(None, description="Ours: only `create` or `customize` jobs."),
-        limit: int | None = Query(None, ge=1, description="Ours: at most this many jobs."),
-        offset: int = Query(0, ge=0, description="Ours: skip this many jobs first."),
+        status: list[models.JobStatus] | None = Query(
+            None, description="Ours: only jobs in these statuses (repeatable)."
+        ),
+        job_type: models.JobType | None = Query(None, description="Ours: only `create` or `customize` jobs."),
+        limit: int | None = Query(None, ge=1, le=INT_MAX, description="Ours: at most this many jobs."),
+        offset: int = Query(0, ge=0, le=INT_MAX, description="Ours: skip this many jobs first."),
     ) -> Response:
         svc = job_service(request)
         statuses = [str(value) for value in status] if status else None
@@ -60,7 +70,11 @@ def build(version: str) -> APIRouter:
     )
     async def delete_jobs(
         request: Request,
-        status: list[str] | None = Query(None, description="Repeatable; case-insensitive."),
+        status: list[str] | None = Query(
+            None,
+            description="Repeatable; case-insensitive.",
+            json_schema_extra={"items": {"type": "string", "pattern": _any_case(JOB_STATUSES)}},
+        ),
         job_type: str | None = Query(None, description="`create` or `customize` (case-sensitive; the first counts)."),
         age: str | None = Query(None, description="Older than this, e.g. `1w`, `2d`, `6h`, `1h30m`."),
     ) -> Response:

@@ -13,6 +13,7 @@ from ims.api.caching import cached
 from ims.api.deps import call, services
 from ims.api.http import cascade_flag, no_content, ok, read_json
 from ims.domain import schemas
+from ims.domain.validation import INT_MAX
 from ims.services.records import RecordService
 
 
@@ -50,8 +51,8 @@ def build(resource: Resource, version: str) -> APIRouter:
     )
     async def list_records(
         request: Request,
-        limit: int | None = Query(None, ge=1, description="Ours: at most this many records."),
-        offset: int = Query(0, ge=0, description="Ours: skip this many records first."),
+        limit: int | None = Query(None, ge=1, le=INT_MAX, description="Ours: at most this many records."),
+        offset: int = Query(0, ge=0, le=INT_MAX, description="Ours: skip this many records first."),
     ) -> Response:
         svc = service(request)
         return await cached(request, resource.attr, ("list", limit, offset),
@@ -143,8 +144,8 @@ def build_deleted(resource: Resource) -> APIRouter:
                 responses=docs.responses(200, deleted_model, many=True))
     async def list_deleted(
         request: Request,
-        limit: int | None = Query(None, ge=1),
-        offset: int = Query(0, ge=0),
+        limit: int | None = Query(None, ge=1, le=INT_MAX),
+        offset: int = Query(0, ge=0, le=INT_MAX),
     ) -> Response:
         svc = service(request)
         return await cached(request, resource.attr, ("deleted-list", limit, offset),
