@@ -51,3 +51,12 @@ def describe_status(session: Session, xname: str = typer.Argument(..., metavar="
     Example: ims remote-build-nodes status describe x3000c0s19b4n0
     """
     session.show(session.ims.remote_build_nodes.status(xname))
+
+
+@api_command(app, "public-key", output=False)
+def public_key(session: Session) -> None:
+    """Print IMS's SSH public key: put the line in /root/.ssh/authorized_keys on every build node.
+
+    Example: ims remote-build-nodes public-key
+    """
+    typer.echo(session.ims.remote_build_nodes.public_key())

@@ -282,6 +282,10 @@ class RemoteBuildNodes(Collection):
     def status(self, xname: str) -> Record:
         return _record(self.client.request("GET", self._path(f"/status/{xname}")))
 
+    def public_key(self) -> str:
+        """IMS's SSH public key: the line for the nodes' root authorized_keys (ours)."""
+        return str(_record(self.client.request("GET", self._path("/public-key"))).get("public_key", ""))
+
 
 class Ims:
     """Every endpoint of one IMS; v3 unless `version` says otherwise (remote nodes and deleted/* are v3 only)."""

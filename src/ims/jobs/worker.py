@@ -150,8 +150,8 @@ class JobWorker(BackgroundLoop):
         """The SSH endpoint is on the host that runs the job: this worker's IMS_SSH_HOST."""
         with self.database.write() as conn:
             record = state.lock_record(conn, job_id)
-            if record is None:
-                return
+            if record is None or record.get("remote_build_node"):
+                return  # on a remote build node the endpoint is the node's, named at POST
             changed = False
             for container in record.get("ssh_containers") or []:
                 for endpoint in (container.get("connection_info") or {}).values():

@@ -32,11 +32,13 @@ from ims.domain.timeutil import format_timestamp, parse_age, utcnow
 from ims.jobs import state
 from ims.jobs.factory import make_runner
 from ims.jobs.logs import stream
+from ims.jobs.nodekeys import ensure_node_key
 from ims.jobs.ports import parse_range, pick_port
 from ims.jobs.runner import Runner
 from ims.jobs.spec import ssh_listen
 from ims.jobs.worker import JobWorker
 from ims.services.context import ServiceContext
+from ims.services.remote_nodes import RemoteNodeService, remote_ssh_port
 from ims.services.validation import head_artifact, link_repr, read_manifest
 from ims.store import job_tokens, repository
 from ims.store.tables import jobs as jobs_table
@@ -89,7 +91,7 @@ def _file_name_errors(fields: dict[str, Any]) -> dict[str, list[str]]:
 class JobService:
     def __init__(self, ctx: ServiceContext, runner: Runner | None = None) -> None:
         self.ctx = ctx
-        self.runner = runner or make_runner(ctx.settings)
+        self.runner = runner or make_runner(ctx.settings, ctx.database)
         self.repo = repository.jobs
 
     # --- reads
@@ -195,13 +197,21 @@ class JobService:
             "kubernetes_secret": names.secret,
             "status_reason": None,
         }
+        remote_nodes = RemoteNodeService(self.ctx)
+        candidates = remote_nodes.candidates_or_none(arch, job_type)  # probed before the transaction
         with self.ctx.database.write() as conn:
-            port = self._ssh_port(conn) if containers else None
+            # A ready node of the job's arch with the fewest jobs runs it; none: this host (docs/remote-nodes.md).
+            node = remote_nodes.choose(conn, candidates)
+            record["remote_build_node"] = node or ""
+            if containers:
+                port = remote_ssh_port(self.ctx.settings, state.used_ssh_ports(conn)) if node else self._ssh_port(conn)
+            else:
+                port = None
             for container in containers or []:
                 container["status"] = "pending"
                 # Both names lead to the sshd of our runner: there is no cluster DNS, so `cluster.local`
-                # carries the same real address (IMS_SSH_HOST) as `customer_access`.
-                endpoint = {"host": settings.ssh_host, "port": port}
+                # carries the same real address (IMS_SSH_HOST, or the node's) as `customer_access`.
+                endpoint = {"host": node or settings.ssh_host, "port": port}
                 container["connection_info"] = {"customer_access": dict(endpoint), "cluster.local": dict(endpoint)}
             self.repo.insert(conn, record, phase=state.QUEUED, ssh_port=port, launch=launch, status_changed=utcnow())
             job_tokens.create(conn, job_id)  # the token itself is minted at launch (ims.store.job_tokens)
@@ -389,9 +399,10 @@ def start_job_workers(ctx: ServiceContext) -> Callable[[], None]:
     """WORKER_HOOKS entry: the job worker (with its reconciler) for this process."""
     try:
         parse_range(ctx.settings.job_ssh_ports)
-        runner = make_runner(ctx.settings)
+        runner = make_runner(ctx.settings, ctx.database)
     except ValueError as exc:
         raise SystemExit(f"ims: {exc}") from None
+    ensure_node_key(ctx.settings)
     worker = JobWorker(ctx.database, ctx.settings, ctx.artifacts, runner)
     ctx.on_task_queued.append(worker.wake)
     worker.start()

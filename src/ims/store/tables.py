@@ -50,6 +50,15 @@ jobs = _record_table(
     Column("launch", JsonType, nullable=True),  # what the runner needs beyond the record (no secrets)
 )
 remote_build_nodes = _record_table("remote_build_nodes")
+# Per node: its host keys, trusted on first use, and why IMS refuses it (a changed host key).
+remote_build_node_state = Table(
+    "remote_build_node_state",
+    metadata,
+    Column("xname", String(255), primary_key=True),
+    Column("host_keys", Text, nullable=True),
+    Column("unusable_reason", Text, nullable=True),
+    Column("updated", DateTime, nullable=False),
+)
 
 # A job's bearer token, only as its sha256 (ims.store.job_tokens); it goes with the job's row.
 job_tokens = Table(

@@ -4,10 +4,15 @@ from __future__ import annotations
 
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, Response
+from pydantic import BaseModel, Field
 
 from ims.api import docs, models
 from ims.api.deps import call, services
 from ims.api.http import no_content, ok, read_json
+
+
+class RemoteBuildNodePublicKey(BaseModel):
+    public_key: str = Field(description="One authorized_keys line: IMS's key for root on the nodes.")
 
 
 def build() -> APIRouter:
@@ -32,15 +37,21 @@ def build() -> APIRouter:
         await call(services(request).remote_nodes.delete_all)
         return no_content()
 
-    @router.get(base + "/status", summary="Status of every remote build node",
+    # Live probes over SSH run as asyncio subprocesses, not on the worker threads (docs/remote-nodes.md).
+    @router.get(base + "/status", summary="Status of every remote build node (probed live over SSH)",
                 responses=docs.responses(200, models.RemoteBuildNodeStatus, many=True))
     async def status_all(request: Request) -> JSONResponse:
-        return ok(await call(services(request).remote_nodes.status_all))
+        return ok(await services(request).remote_nodes.status_all_async())
 
-    @router.get(base + "/status/{xname}", summary="Status of one remote build node",
-                responses=docs.responses(200, models.RemoteBuildNodeStatus, errors=(404,)))
+    @router.get(base + "/status/{xname}", summary="Status of one remote build node (probed live over SSH)",
+                responses=docs.responses(200, models.RemoteBuildNodeStatus, errors=(404, 422)))
     async def status_one(request: Request, xname: str) -> JSONResponse:
-        return ok(await call(services(request).remote_nodes.status, xname))
+        return ok(await services(request).remote_nodes.status_async(xname))
+
+    @router.get(base + "/public-key", summary="IMS's SSH public key, for the nodes' root authorized_keys (ours)",
+                responses=docs.responses(200, RemoteBuildNodePublicKey))
+    async def public_key(request: Request) -> JSONResponse:
+        return ok(await call(services(request).remote_nodes.public_key))
 
     @router.get(base + "/{xname}", summary="Get a remote build node",
                 responses=docs.responses(200, models.RemoteBuildNodeRecord, errors=(404,)))
