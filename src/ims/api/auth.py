@@ -201,7 +201,9 @@ class Authorizer:
         if resource == "/images" and method == "POST":
             body = await _json_body(request)
             if isinstance(body, dict) and body.get("link") is not None:
-                raise _forbidden("A job creates its image without a link and sets the link with PATCH after the upload.")
+                raise _forbidden(
+                    "A job creates its image without a link and sets the link with PATCH after the upload."
+                )
             if len(job.result_image_ids) >= MAX_RESULT_IMAGES:
                 raise _forbidden(f"A job may create at most {MAX_RESULT_IMAGES} images.")
             request.scope[_REMEMBER_KEY] = job.job_id
@@ -301,7 +303,11 @@ class AuditMiddleware:
         record = (_created_id(created) if status == 201 else None) or params.get("record_id") or params.get("job_id")
         audit_log.info(
             "audit who=%s method=%s path=%s id=%s status=%s",
-            who, scope["method"], scope.get("path", ""), record or "-", status,
+            who,
+            scope["method"],
+            scope.get("path", ""),
+            record or "-",
+            status,
         )
 
 
@@ -351,7 +357,7 @@ def document(schema: dict[str, Any]) -> dict[str, Any]:
     responses = components.setdefault("responses", {})
     responses["Unauthorized"] = {
         "description": "No token (IMS_AUTH=oidc), or an unknown, revoked, expired or badly signed one.",
-        "headers": {"WWW-Authenticate": {"schema": {"type": "string"}, "description": "`Bearer realm=\"ims\"`..."}},
+        "headers": {"WWW-Authenticate": {"schema": {"type": "string"}, "description": '`Bearer realm="ims"`...'}},
         "content": {"application/problem+json": {"schema": problem_ref}},
     }
     responses["Forbidden"] = {

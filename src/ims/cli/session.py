@@ -30,7 +30,7 @@ from ims.client.transfer import TrackedStore, TransferError
 
 F = TypeVar("F", bound=Callable[..., Any])
 
-CONNECTION_PANEL = "Connection (or IMS_API_URL, IMS_TOKEN, IMS_CA_BUNDLE, config file)"
+CONNECTION_PANEL = "Connection (or IMS_API_URL, IMS_TOKEN, IMS_TOKEN_FILE, IMS_CA_BUNDLE, config file)"
 
 
 class BoolWord(StrEnum):
@@ -151,7 +151,13 @@ def _connection_parameters(with_format: bool) -> list[inspect.Parameter]:
         option(
             "token",
             str | None,
-            typer.Option(None, "--token", help="Bearer token (prefer IMS_TOKEN: options show up in `ps`).",
+            typer.Option(None, "--token", help="Bearer token (prefer --token-file: options show up in `ps`).",
+                         rich_help_panel=CONNECTION_PANEL),
+        ),
+        option(
+            "token_file",
+            str | None,
+            typer.Option(None, "--token-file", help="File holding the bearer token (plain, or the JSON `cray` keeps).",
                          rich_help_panel=CONNECTION_PANEL),
         ),
         option(
@@ -186,6 +192,7 @@ def api_command(app: typer.Typer, name: str, *, output: bool = True) -> Callable
                 config = load_config(
                     api_url=kwargs.pop("api_url"),
                     token=kwargs.pop("token"),
+                    token_file=kwargs.pop("token_file"),
                     ca_bundle=kwargs.pop("ca_bundle"),
                     output_format=_format_value(kwargs.pop("output_format", None)),
                 )

@@ -5,6 +5,7 @@ names. Example::
 
     api_url = "https://ims.example.com"
     token = "..."                 # sent as `Authorization: Bearer ...`
+    token_file = "~/.config/cray/tokens/..."  # or a file holding it (plain, or JSON with access_token)
     ca_bundle = "/etc/ssl/certs/site-ca.pem"
     format = "table"              # default output of the `ims` command: table, json or toml
 
@@ -19,6 +20,7 @@ names. Example::
 
 from __future__ import annotations
 
+import json
 import os
 import tomllib
 from collections.abc import Mapping
@@ -37,6 +39,7 @@ CONFIG_ENV = "IMS_CONFIG"
 _TOP_ENV = {
     "api_url": "IMS_API_URL",
     "token": "IMS_TOKEN",
+    "token_file": "IMS_TOKEN_FILE",
     "ca_bundle": "IMS_CA_BUNDLE",
     "format": "IMS_FORMAT",
     "retries": "IMS_RETRIES",
@@ -121,6 +124,7 @@ def load_config(
     output_format: str | None = None,
     env: Mapping[str, str] | None = None,
     path: Path | None = None,
+    token_file: str | None = None,
 ) -> ClientConfig:
     env = os.environ if env is None else env
     path = path or default_config_path(env)
@@ -131,6 +135,12 @@ def load_config(
 
     explicit = {"api_url": api_url, "token": token, "ca_bundle": ca_bundle, "format": output_format}
     top = {name: _pick(explicit.get(name), env.get(var), data.get(name)) for name, var in _TOP_ENV.items()}
+    # The first of: --token, --token-file, IMS_TOKEN, IMS_TOKEN_FILE, the file's token, the file's token_file.
+    # A token file is read by every process anew, so a refreshed token is used by the next command.
+    candidates = [(token, False), (token_file, True), (env.get("IMS_TOKEN"), False),
+                  (env.get("IMS_TOKEN_FILE"), True), (data.get("token"), False), (data.get("token_file"), True)]
+    chosen = next(((value, is_file) for value, is_file in candidates if value), (None, False))
+    top["token"] = read_token_file(str(chosen[0])) if chosen[1] else chosen[0]
     s3 = {name: _pick(None, env.get(var), s3_data.get(name)) for name, var in _S3_ENV.items()}
 
     s3_settings = S3Settings(
@@ -151,6 +161,26 @@ def load_config(
         s3=s3_settings,
         source=path if data else None,
     )
+
+
+def read_token_file(path: str) -> str:
+    """A bearer token from a file: the token itself, or JSON with `access_token` (as `cray --token` reads)."""
+    target = Path(path).expanduser()
+    try:
+        text = target.read_text(encoding="utf-8").strip()
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"cannot read token file {target}: {getattr(exc, 'strerror', None) or exc}") from None
+    if text.startswith("{"):
+        try:
+            value = json.loads(text).get("access_token")
+        except (ValueError, AttributeError):
+            value = None
+        if not isinstance(value, str) or not value.strip():
+            raise ConfigError(f"token file {target} is JSON without an access_token")
+        text = value.strip()
+    if not text or any(ch.isspace() for ch in text):
+        raise ConfigError(f"token file {target} does not hold one token")
+    return text
 
 
 def _pick(*values: Any) -> Any:

@@ -112,8 +112,11 @@ class JobUploadService:
             s3_upload_id = self.ctx.artifacts.create_multipart_upload(location, content_type)
         except ArtifactError as exc:
             raise Unavailable(f"S3 is not available: {exc}") from None
-        return {"upload_id": encode_upload_id(location.key, s3_upload_id), "bucket": location.bucket,
-                "key": location.key}
+        return {
+            "upload_id": encode_upload_id(location.key, s3_upload_id),
+            "bucket": location.bucket,
+            "key": location.key,
+        }
 
     def part_urls(self, job_id: str, upload_id: str, body: Any) -> dict[str, Any]:
         fields = _object(body)
@@ -177,7 +180,9 @@ class JobUploadService:
             images = job_tokens.result_images(conn, job_id)
             image = repository.images.get(conn, image_id) if image_id in images else None
         if image_id not in images:
-            raise Forbidden(f"Image {image_id} was not created by job {job_id}: the job may upload only to its own images.")
+            raise Forbidden(
+                f"Image {image_id} was not created by job {job_id}: the job may upload only to its own images."
+            )
         if image is None:
             raise NotFound(f"Image {image_id} does not exist (any more).")
         allowed = set(ARTIFACT_NAMES) | {str(job.get(field)) for field in _JOB_FILE_FIELDS if job.get(field)}
