@@ -122,13 +122,15 @@ def test_customize_with_wait_prints_the_ssh_command_and_ends_with_the_new_image(
         seen = []
         for line in process.stderr:
             seen.append(line)
-            match = re.search(r"log in with:\s+ssh -p (\d+) root@(\S+)", line)
+            match = re.search(r"log in with:\s+ssh .*-p (\d+) root@(\S+)", line)
             if match:
                 break
         else:
             raise AssertionError("no SSH command was printed:\n" + "".join(seen))
         port, host = int(match.group(1)), match.group(2)
         hint = process.stderr.readline()
+        while hint.startswith("or pin it:"):
+            hint = process.stderr.readline()
         assert 'touch "$IMAGE_ROOT_PARENT/complete"' in hint
         # Unjailed, the session is on the job's host: the image is under $IMAGE_ROOT_PARENT/image-root.
         change = 'echo customized-by-cli > "$IMAGE_ROOT_PARENT/image-root/etc/motd" && touch "$IMAGE_ROOT_PARENT/complete"'

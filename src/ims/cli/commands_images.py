@@ -8,7 +8,7 @@ from pathlib import Path
 import typer
 
 from ims.cli.crud import RecordCommands, add_crud, link_option
-from ims.cli.session import Session, api_command, note, parse_pairs
+from ims.cli.session import Session, api_command, note, parse_pairs, warn
 
 app = typer.Typer(help="Boot images (cray ims images), plus `import` and `download`.", no_args_is_help=True)
 COLUMNS = ("id", "name", "arch", "link.path", "created")
@@ -116,6 +116,7 @@ def import_image(
     """
     from ims.client.artifacts import upload_image_artifacts
 
+    _warn_unless_customizable(rootfs)
     with session.store() as store:
         result = upload_image_artifacts(
             session.ims.client,
@@ -132,6 +133,23 @@ def import_image(
             progress=store.progress.note,
         )
     session.show(result.image)
+
+
+def _warn_unless_customizable(rootfs: Path) -> None:
+    """A warning (the import goes on) when a customize job of this image would stop before SSH."""
+    from ims.cli.rootfs_check import ListingError, missing_boot_files
+
+    try:
+        missing = missing_boot_files(rootfs)
+    except ListingError as exc:
+        warn(f"cannot look into the rootfs {rootfs}: {exc}")
+        return
+    if missing:
+        warn(
+            f"the rootfs has no {' and no '.join(missing)}: the image imports, but a customize job of it "
+            "stops before SSH, because packaging takes the kernel and initrd from the image's /boot "
+            "(or give the job --kernel-file-name/--initrd-file-name naming files that are there)"
+        )
 
 
 @api_command(app, "download")

@@ -4,13 +4,16 @@ from __future__ import annotations
 
 import re
 import sys
+from collections.abc import Callable
 from enum import StrEnum
 
 import typer
 
 from ims.cli.crud import RecordCommands, add_describe
 from ims.cli.session import BoolWord, Session, api_command, as_bool
+from ims.cli.ssh_hints import host_keys_from_log, ssh_hint
 from ims.client.follow import WAITING_ON_USER, ssh_access, wait_for_job
+from ims.client.http import ImsApiError
 from ims.client.resources import Record
 from ims.domain.jobs import JOB_STATUSES
 
@@ -30,16 +33,40 @@ def _say(message: str) -> None:
     typer.echo(message, err=True)
 
 
-def _on_status(job: Record) -> None:
-    reason = f" ({job['status_reason']})" if job.get("status_reason") else ""
-    _say(f"job {job.get('id')}: {job.get('status')}{reason}")
-    if job.get("status") == WAITING_ON_USER:
-        access = ssh_access(job)
-        if access is None:
-            _say("the job waits for you, but lists no SSH container")
-        else:
-            _say(f"log in with:  {access.command}")
-            _say(f"when done:    {access.done_command}   (to discard: {access.discard_command})")
+def _status_reporter(session: Session) -> Callable[[Record], None]:
+    def on_status(job: Record) -> None:
+        reason = f" ({job['status_reason']})" if job.get("status_reason") else ""
+        _say(f"job {job.get('id')}: {job.get('status')}{reason}")
+        if job.get("status") == WAITING_ON_USER:
+            _how_to_log_in(session, job)
+
+    return on_status
+
+
+def _how_to_log_in(session: Session, job: Record) -> None:
+    access = ssh_access(job)
+    if access is None:
+        _say("the job waits for you, but lists no SSH container")
+        return
+    job_id = str(job.get("id"))
+    try:
+        # The stage writes its host keys to the log before it reports waiting_on_user.
+        keys = host_keys_from_log("".join(session.ims.jobs.logs(job_id, follow=False)))
+    except ImsApiError:
+        keys = []
+    try:
+        public_key = str(session.ims.public_keys.get(str(job.get("public_key_id")))["public_key"])
+    except (ImsApiError, KeyError):
+        public_key = None
+    hint = ssh_hint(job_id, access, keys, public_key)
+    for key in keys:
+        _say(f"host key:     {key.kind} {key.fingerprint}   (new for this job; pinned in {hint.known_hosts})")
+    if not keys:
+        _say(f"host key:     not in the job's log; the first connection accepts it into {hint.known_hosts}")
+    _say(f"log in with:  {hint.command}")
+    for line in hint.known_hosts_lines(access):
+        _say(f"or pin it:    {line}   (a known_hosts line)")
+    _say(f"when done:    {access.done_command}   (to discard: {access.discard_command})")
 
 
 def _on_log(chunk: str) -> None:
@@ -48,7 +75,8 @@ def _on_log(chunk: str) -> None:
 
 
 def follow(session: Session, job_id: str, *, logs: bool, timeout: float | None) -> None:
-    job = wait_for_job(session.ims, job_id, on_status=_on_status, on_log=_on_log if logs else None, timeout=timeout)
+    on_status = _status_reporter(session)
+    job = wait_for_job(session.ims, job_id, on_status=on_status, on_log=_on_log if logs else None, timeout=timeout)
     session.show(job)
     if job.get("status") != "success":
         raise typer.Exit(1)
@@ -90,10 +118,12 @@ def create_job(
     kernel_file_name: str | None = typer.Option(None, "--kernel-file-name", help="vmlinuz (x86_64) or Image."),
     initrd_file_name: str | None = typer.Option(None, "--initrd-file-name", help="Default initrd."),
     kernel_parameters_file_name: str | None = typer.Option(None, "--kernel-parameters-file-name"),
-    enable_debug: BoolWord | None = typer.Option(None, "--enable-debug", case_sensitive=False,
-                                                 help="On failure, keep the job open for SSH."),
-    ssh_containers_jail: BoolWord | None = typer.Option(None, "--ssh-containers-jail", case_sensitive=False,
-                                                        help="customize: log in chrooted into the image."),
+    enable_debug: BoolWord | None = typer.Option(
+        None, "--enable-debug", case_sensitive=False, help="On failure, keep the job open for SSH."
+    ),
+    ssh_containers_jail: BoolWord | None = typer.Option(
+        None, "--ssh-containers-jail", case_sensitive=False, help="customize: log in chrooted into the image."
+    ),
     require_dkms: BoolWord | None = typer.Option(None, "--require-dkms", case_sensitive=False),
     build_env_size: int | None = typer.Option(None, "--build-env-size", min=1, help="GiB of build space."),
     job_mem_size: int | None = typer.Option(None, "--job-mem-size", min=1, help="GiB of memory."),
@@ -179,7 +209,9 @@ def delete_jobs(
     session: Session,
     status: list[str] | None = typer.Option(None, "--status", callback=_check_status, help=_STATUS_HELP),
     job_type: JobType | None = typer.Option(None, "--job-type", help="Only create or only customize jobs."),
-    age: str | None = typer.Option(None, "--age", callback=_check_age, help="Only jobs older than this, e.g. 1d, 6h, 2w3d, 90m."),
+    age: str | None = typer.Option(
+        None, "--age", callback=_check_age, help="Only jobs older than this, e.g. 1d, 6h, 2w3d, 90m."
+    ),
 ) -> None:
     """Delete jobs; filters combine (AND); without any, every job goes.
 

@@ -240,3 +240,8 @@ def note(message: str) -> None:
     """Chatter for people: shown on a terminal, silent when stderr is piped."""
     if stderr_is_terminal():
         typer.echo(message, err=True)
+
+
+def warn(message: str) -> None:
+    """Something the user should know although the command goes on: always shown, on stderr."""
+    typer.echo(f"ims: warning: {message}", err=True)
