@@ -25,7 +25,7 @@ def ims(ims_server: ImsServer) -> Iterator[Ims]:
 def test_version_health_and_paging(ims: Ims, fresh_ims_server: ImsServer) -> None:
     assert ims.version() and ims.ready()
     with Ims(ImsClient(fresh_ims_server.url)) as fresh:
-        made = [fresh.public_keys.create(f"k{i}", "ssh-ed25519 AAAA k") for i in range(3)]
+        made = [fresh.public_keys.create(f"k{i}", "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIJg53PpLN3uOchSRBtD7PS0mg4lIfdSn5FYiCDLGvanW k") for i in range(3)]
         assert [k["id"] for k in fresh.public_keys.list(limit=2)] == [k["id"] for k in made[:2]]
         assert [k["id"] for k in fresh.public_keys.list(offset=2)] == [made[2]["id"]]
 

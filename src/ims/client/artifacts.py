@@ -4,6 +4,10 @@ Sequence: POST the image record; upload rootfs, kernel, initrd (and the optional
 debug kernel) to `<bucket>/<image_id>/<kind>` in parallel, each with `md5sum` and `x-shasta-ims-*`
 metadata; write `<image_id>/manifest.json` (manifest v1.0); PATCH the image's link; PATCH the job's
 `resultant_image_id`. If anything fails before the link is set, the record and the uploaded objects go.
+
+The store is anything with `upload_file` and `put_bytes` (`ArtifactSink`): an `ArtifactStore` with the
+caller's own S3 credentials (ims-python-helper's `image_upload_artifacts` outside a job), or, inside a job,
+`ims.client.job_uploads.JobArtifactSink`, which goes through IMS's presigned URLs with the job's token.
 """
 
 from __future__ import annotations
@@ -15,7 +19,7 @@ from collections.abc import Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 from ims.artifacts.s3 import ArtifactStore
 from ims.client.http import ImsClient
@@ -66,6 +70,27 @@ class UploadResult:
     manifest: dict[str, Any]
 
 
+class ArtifactSink(Protocol):
+    def upload_file(
+        self,
+        path: Path,
+        location: S3Location,
+        *,
+        content_type: str = "application/octet-stream",
+        metadata: dict[str, str] | None = None,
+        progress: Callable[[int], None] | None = None,
+    ) -> tuple[str, str]:
+        """Upload a file with `metadata` plus its `md5sum`; return (etag, md5)."""
+
+    def put_bytes(
+        self,
+        location: S3Location,
+        data: bytes,
+        content_type: str = "application/octet-stream",
+        metadata: dict[str, str] | None = None,
+    ) -> str: ...
+
+
 def image_metadata(name: str, image_id: str, job_id: str | None) -> dict[str, str]:
     metadata = {"x-shasta-ims-image-name": name, "x-shasta-ims-image-id": image_id}
     if job_id:
@@ -74,7 +99,7 @@ def image_metadata(name: str, image_id: str, job_id: str | None) -> dict[str, st
 
 
 def upload_artifact_set(
-    store: ArtifactStore,
+    store: ArtifactSink,
     *,
     bucket: str,
     image_id: str,
@@ -104,7 +129,13 @@ def upload_artifact_set(
     with ThreadPoolExecutor(max_workers=len(kinds), thread_name_prefix="ims-upload") as pool:
         futures = [pool.submit(upload, kind) for kind in kinds]
         uploaded = [future.result() for future in futures]
+    return write_manifest(store, bucket, image_id, uploaded)
 
+
+def write_manifest(store: ArtifactSink, bucket: str, image_id: str, uploaded: list[UploadedArtifact]) -> ArtifactSet:
+    """`<image_id>/manifest.json` (v1.0) listing the uploaded artifacts in ARTIFACT_KINDS order."""
+    order = list(ARTIFACT_KINDS)
+    uploaded = sorted(uploaded, key=lambda item: order.index(item.kind))
     manifest = build_manifest(
         [manifest_artifact(make_link(item.location, item.etag), item.mime_type, item.md5) for item in uploaded],
         # The original writes `str(datetime.now())`: a space between date and time, no zone.
@@ -122,9 +153,39 @@ def delete_image_objects(store: ArtifactStore, bucket: str, image_id: str) -> No
         store.delete(S3Location(bucket, key))
 
 
+def register_image(
+    client: ImsClient,
+    store: ArtifactSink,
+    *,
+    name: str,
+    arch: str,
+    job_id: str | None,
+    bucket: str,
+    upload: Callable[[str], list[UploadedArtifact]],
+    progress: Callable[[str], None] | None = None,
+) -> UploadResult:
+    """POST the record, `upload(image_id)` the artifacts, write the manifest, PATCH the link and the job.
+
+    Anything failing before the link is set removes the record and (with S3 credentials) the objects.
+    """
+    image = client.create_image(name, arch)
+    image_id = str(image["id"])
+    if progress is not None:
+        progress(f"created image record {image_id}")
+    try:
+        uploaded = write_manifest(store, bucket, image_id, upload(image_id))
+        image = client.patch_image(image_id, {"link": uploaded.manifest_link})
+    except BaseException:
+        _undo(client, store, bucket, image_id)
+        raise
+    if job_id:
+        client.patch_job(job_id, resultant_image_id=image_id)
+    return UploadResult(image, uploaded.manifest)
+
+
 def upload_image_artifacts(
     client: ImsClient,
-    store: ArtifactStore,
+    store: ArtifactSink,
     *,
     name: str,
     arch: str,
@@ -146,34 +207,32 @@ def upload_image_artifacts(
         if not path.is_file():
             raise FileNotFoundError(f"artifact {path} is not a regular file")
 
-    image = client.create_image(name, arch)
-    image_id = str(image["id"])
-    if progress is not None:
-        progress(f"created image record {image_id}")
-    try:
-        uploaded = upload_artifact_set(
+    def upload(image_id: str) -> list[UploadedArtifact]:
+        return upload_artifact_set(
             store,
             bucket=bucket,
             image_id=image_id,
             files=files,
             metadata=image_metadata(name, image_id, job_id),
             progress=progress,
-        )
-        image = client.patch_image(image_id, {"link": uploaded.manifest_link})
-    except BaseException:
-        _undo(client, store, bucket, image_id)
-        raise
-    if job_id:
-        client.patch_job(job_id, resultant_image_id=image_id)
-    return UploadResult(image, uploaded.manifest)
+        ).artifacts
+
+    return register_image(
+        client, store, name=name, arch=arch, job_id=job_id, bucket=bucket, upload=upload, progress=progress
+    )
 
 
-def _undo(client: ImsClient, store: ArtifactStore, bucket: str, image_id: str) -> None:
-    """Best effort: the original error is what the caller must see, so cleanup failures are only logged."""
-    try:
-        delete_image_objects(store, bucket, image_id)
-    except Exception as exc:
-        log.warning("could not delete the objects of image %s: %s", image_id, exc)
+def _undo(client: ImsClient, store: ArtifactSink, bucket: str, image_id: str) -> None:
+    """Best effort: the original error is what the caller must see, so cleanup failures are only logged.
+
+    A job (no S3 credentials) cannot delete objects: its aborted uploads leave nothing, and the objects it
+    completed stay under the unlinked image id.
+    """
+    if isinstance(store, ArtifactStore):
+        try:
+            delete_image_objects(store, bucket, image_id)
+        except Exception as exc:
+            log.warning("could not delete the objects of image %s: %s", image_id, exc)
     try:
         client.purge_image(image_id)
     except Exception as exc:

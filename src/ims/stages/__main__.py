@@ -74,7 +74,8 @@ def _report_unusable_environment(reason: str) -> None:
         token(job_id, "IMS_JOB_ID")
     except JobEnvironmentError:
         return
-    with ImsClient(url, token=os.environ.get("IMS_API_TOKEN") or None, verify=os.environ.get("CA_CERT") or True) as c:
+    job_token = os.environ.get("IMS_JOB_TOKEN") or None
+    with ImsClient(url, token=job_token, verify=os.environ.get("CA_CERT") or True) as c:
         Reporter(job_id, c).status("error", f"invalid job environment: {reason}")
 
 

@@ -9,7 +9,6 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ims.artifacts.s3 import S3Config
 from ims.domain.jobs import default_kernel_file_name
 
 _TRUE = {"true", "1", "yes", "t", "y"}
@@ -66,9 +65,10 @@ def _number(env: Mapping[str, str], name: str, default: float, minimum: float = 
     return value
 
 
-def _s3_verify(raw: str | None) -> bool | str:
+def _s3_verify(raw: str | None, ca_cert: str) -> bool | str:
+    """How to verify presigned S3 URLs: S3_SSL_VALIDATE when set (not a secret), else like IMS (CA_CERT)."""
     if raw is None:
-        return False
+        return ca_cert or True
     word = raw.strip()
     if word.lower() in _FALSE:
         return False
@@ -92,16 +92,19 @@ class JobEnvironment:
     dkms_enabled: bool = False
     remote_build_node: str = ""
     ims_url: str = ""
+    # The job's own bearer token (IMS_JOB_TOKEN): the only credential a job holds. No S3 keys: artifacts move
+    # through presigned URLs that IMS signs for exactly this job's keys (ims.client.job_uploads).
     ims_token: str = field(default="", repr=False)
     ca_cert: str = ""
-    s3: S3Config | None = field(default=None, repr=False)
+    s3_verify: bool | str = True  # for presigned URLs
     boot_images_bucket: str = "boot-images"
     squashfs_compressor: str = "zstd"
     squashfs_level: int | None = None
     ssh_port: int = 22
     ssh_listen: str = "127.0.0.1"
     public_key: str = field(default="", repr=False)
-    poll_seconds: float = 1.0
+    # How often the flags are looked for: a stat of two paths, cheap enough to do ten times a second.
+    poll_seconds: float = 0.1
     # After the verdict, sshd stays up this long so the session that wrote the flag (CFS's teardown over
     # paramiko, a person's `touch`) gets its exit status before sshd goes.
     session_grace_seconds: float = 2.0
@@ -162,15 +165,6 @@ class JobEnvironment:
         if port > 65535:
             raise JobEnvironmentError("IMS_SSH_PORT must be at most 65535")
 
-        s3: S3Config | None = None
-        if env.get("S3_ENDPOINT"):
-            s3 = S3Config(
-                endpoint=env["S3_ENDPOINT"],
-                access_key=env.get("S3_ACCESS_KEY", ""),
-                secret_key=env.get("S3_SECRET_KEY", ""),
-                verify=_s3_verify(env.get("S3_SSL_VALIDATE", env.get("S3_SSL_VERIFY"))),
-            )
-
         md5 = env.get("DOWNLOAD_MD5SUM", "").strip().lower()
         if md5 and not re.fullmatch(r"[0-9a-f]{32}", md5):
             raise JobEnvironmentError(f"DOWNLOAD_MD5SUM is not an md5 hex digest: {md5!r}")
@@ -192,16 +186,16 @@ class JobEnvironment:
             dkms_enabled=as_bool(env.get("JOB_ENABLE_DKMS"), "JOB_ENABLE_DKMS"),
             remote_build_node=token(env.get("REMOTE_BUILD_NODE", "").strip(), "REMOTE_BUILD_NODE"),
             ims_url=env.get("IMS_URL", "").strip(),
-            ims_token=env.get("IMS_API_TOKEN", "").strip(),
+            ims_token=env.get("IMS_JOB_TOKEN", "").strip(),
             ca_cert=env.get("CA_CERT", "").strip(),
-            s3=s3,
+            s3_verify=_s3_verify(env.get("S3_SSL_VALIDATE", env.get("S3_SSL_VERIFY")), env.get("CA_CERT", "").strip()),
             boot_images_bucket=env.get("S3_BOOT_IMAGES_BUCKET", "").strip() or "boot-images",
             squashfs_compressor=compressor,
             squashfs_level=level,
             ssh_port=port,
             ssh_listen=listen,
             public_key=_public_key(env),
-            poll_seconds=_number(env, "IMS_POLL_SECONDS", 1.0, 0.05),
+            poll_seconds=_number(env, "IMS_POLL_SECONDS", 0.1, 0.05),
             session_grace_seconds=_number(env, "IMS_SSH_GRACE_SECONDS", 2.0),
             user_wait_limit=_number(env, "IMS_JOB_USER_WAIT_LIMIT", 0.0),
             download_attempts=max(1, int(_number(env, "IMS_DOWNLOAD_ATTEMPTS", 20, 1))),
