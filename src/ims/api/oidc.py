@@ -61,7 +61,7 @@ class OidcVerifier:
         self.roles_claim = settings.oidc_roles_claim
         self.leeway = settings.oidc_clock_skew
         self.refresh_seconds = settings.oidc_jwks_refresh_seconds
-        self.verify: bool | str = str(settings.ca_cert_file) if settings.ca_cert_file else True
+        self.verify: bool | str = str(settings.oidc_ca_file) if settings.oidc_ca_file else True
         self._jwks_url = settings.oidc_jwks_url.strip()
         self._keys: dict[str | None, jwt.PyJWK] = {}
         self._fetched_at: float | None = None
