@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import shutil
+
 from ims.stages.download import fetch_job_artifact
 from ims.stages.environment import JobEnvironment
 from ims.stages.reporting import Reporter
@@ -16,22 +18,31 @@ def prepare(env: JobEnvironment, reporter: Reporter) -> None:
     SignalPlaces(parent, None).clear(STALE_AT_START)
 
     archive = env.image_archive
-    fetch_job_artifact(env, archive, reporter, "image")
 
-    with reporter.timed(f"unsquashfs into {env.image_root}"):
-        run_tool(
-            [
-                "unsquashfs",
-                "-no-progress",
-                "-processors",
-                str(cpu_count()),
-                "-f",
-                "-d",
-                str(env.image_root),
-                str(archive),
-            ],
-            reporter,
-        )
-    archive.unlink()
+    def unpack() -> None:
+        with reporter.timed(f"unsquashfs into {env.image_root}"):
+            run_tool(
+                [
+                    "unsquashfs",
+                    "-no-progress",
+                    "-processors",
+                    str(cpu_count()),
+                    "-f",
+                    "-d",
+                    str(env.image_root),
+                    str(archive),
+                ],
+                reporter,
+            )
+
+    # unsquashfs starts as soon as the last byte is written; the md5 (taken while the bytes arrived, see
+    # ims.stages.download) is checked before the user gets the image, and a mismatch discards what was unpacked.
+    try:
+        fetch_job_artifact(env, archive, reporter, "image", meanwhile=unpack)
+    except BaseException:
+        shutil.rmtree(env.image_root, ignore_errors=True)
+        raise
+    finally:
+        archive.unlink(missing_ok=True)
     # A flag packaged into the image by an earlier jailed customize must not end this job at once.
     SignalPlaces(parent, env.image_root).clear()
