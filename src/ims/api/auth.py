@@ -364,12 +364,6 @@ def document(schema: dict[str, Any]) -> dict[str, Any]:
         "description": "The caller's role or job token does not allow this call.",
         "content": {"application/problem+json": {"schema": problem_ref}},
     }
-    for tag in schema.get("tags", []):
-        if tag.get("name") == "job artifacts" and not tag.get("description"):
-            tag["description"] = (
-                "Ours (v3): a job's input and result uploads through presigned URLs, for the job's own token "
-                "or an admin."
-            )
     for path, item in schema.get("paths", {}).items():
         for operation in item.values():
             if not isinstance(operation, dict) or "responses" not in operation:

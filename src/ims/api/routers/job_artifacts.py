@@ -15,13 +15,13 @@ from ims.api.http import no_content, ok, read_json
 from ims.services.job_uploads import JobUploadService
 
 
-class JobInput(BaseModel):
+class JobInputUrl(BaseModel):
     url: str = Field(description="A presigned GET of the job's input (its recipe archive or its image's rootfs).")
     md5: str = Field(description="The input's md5 as IMS knows it, or an empty string.")
     path: str = Field(description="The input as `s3://bucket/key`.")
 
 
-class UploadStart(BaseModel):
+class JobUploadStart(BaseModel):
     image_id: str = Field(description="An image this job created (POST /images with its token).")
     name: str = Field(
         description="The object's name under `<image_id>/`: rootfs, kernel, initrd, boot_parameters, debug_kernel, "
@@ -30,37 +30,37 @@ class UploadStart(BaseModel):
     content_type: str | None = Field(None, description="The object's Content-Type (default application/octet-stream).")
 
 
-class UploadStarted(BaseModel):
+class JobUploadStarted(BaseModel):
     upload_id: str
     bucket: str
     key: str
 
 
-class PartNumbers(BaseModel):
+class JobUploadPartNumbers(BaseModel):
     part_numbers: list[int] = Field(min_length=1, max_length=100, description="Part numbers, 1 to 10000.")
 
 
-class PartUrl(BaseModel):
+class JobUploadPartUrl(BaseModel):
     part_number: int
     url: str = Field(description="A presigned UploadPart PUT; PUT the same part again to replace it.")
 
 
-class PartUrls(BaseModel):
-    part_urls: list[PartUrl]
+class JobUploadPartUrls(BaseModel):
+    part_urls: list[JobUploadPartUrl]
 
 
-class CompletedPart(BaseModel):
+class JobUploadPart(BaseModel):
     part_number: int = Field(ge=1, le=10000)
     etag: str = Field(description="The ETag header the part's PUT answered with.")
 
 
-class UploadComplete(BaseModel):
-    parts: list[CompletedPart] = Field(min_length=1)
+class JobUploadComplete(BaseModel):
+    parts: list[JobUploadPart] = Field(min_length=1)
     md5sum: str = Field(description="The md5 of the whole object (hex); set as the object's `md5sum` metadata.")
     metadata: dict[str, str] | None = Field(None, description="More object metadata, e.g. `x-shasta-ims-image-id`.")
 
 
-class UploadDone(BaseModel):
+class JobUploadDone(BaseModel):
     bucket: str
     key: str
     etag: str
@@ -76,13 +76,13 @@ def upload_service(request: Request) -> JobUploadService:
 
 
 def build() -> APIRouter:
-    router = APIRouter(tags=["job artifacts"])
+    router = APIRouter(tags=["jobs"])
     base = "/jobs/{job_id}"
 
     @router.get(
         base + "/input",
         summary="Ours: a presigned GET of the job's input artifact",
-        responses=docs.responses(200, JobInput, errors=(404, 503)),
+        responses=docs.responses(200, JobInputUrl, errors=(404, 503)),
     )
     async def job_input(request: Request, job_id: str) -> JSONResponse:
         return ok(await call(upload_service(request).input, job_id))
@@ -91,8 +91,8 @@ def build() -> APIRouter:
         base + "/uploads",
         summary="Ours: start a multipart upload of one artifact of an image the job created",
         status_code=201,
-        openapi_extra=docs.body(UploadStart),
-        responses=docs.responses(201, UploadStarted, errors=(400, 404, 415, 422, 503)),
+        openapi_extra=docs.body(JobUploadStart),
+        responses=docs.responses(201, JobUploadStarted, errors=(400, 404, 415, 422, 503)),
     )
     async def start_upload(request: Request, job_id: str) -> JSONResponse:
         body = await read_json(request)
@@ -101,8 +101,8 @@ def build() -> APIRouter:
     @router.post(
         base + "/uploads/{upload_id}/parts",
         summary="Ours: presigned UploadPart URLs for some parts of an upload",
-        openapi_extra=docs.body(PartNumbers),
-        responses=docs.responses(200, PartUrls, errors=(400, 404, 415, 422, 503)),
+        openapi_extra=docs.body(JobUploadPartNumbers),
+        responses=docs.responses(200, JobUploadPartUrls, errors=(400, 404, 415, 422, 503)),
     )
     async def upload_parts(request: Request, job_id: str, upload_id: str) -> JSONResponse:
         body = await read_json(request)
@@ -111,8 +111,8 @@ def build() -> APIRouter:
     @router.post(
         base + "/uploads/{upload_id}/complete",
         summary="Ours: complete an upload and set the object's md5sum metadata",
-        openapi_extra=docs.body(UploadComplete),
-        responses=docs.responses(200, UploadDone, errors=(400, 404, 415, 422, 503)),
+        openapi_extra=docs.body(JobUploadComplete),
+        responses=docs.responses(200, JobUploadDone, errors=(400, 404, 415, 422, 503)),
     )
     async def complete_upload(request: Request, job_id: str, upload_id: str) -> JSONResponse:
         body = await read_json(request)
