@@ -63,12 +63,21 @@ def assert_conditional(api: httpx.Client, path: str) -> str:
 @pytest.mark.parametrize("prefix", PREFIXES)
 def test_records_and_lists_of_every_kind(api: httpx.Client, prefix: str) -> None:
     key = created(api, f"{prefix}/public-keys", {"name": "k", "public_key": KEY})
-    recipe = created(api, f"{prefix}/recipes",
-                     {"name": "r", "recipe_type": "kiwi-ng", "linux_distribution": "sles15", "link": None})
+    recipe = created(
+        api, f"{prefix}/recipes", {"name": "r", "recipe_type": "kiwi-ng", "linux_distribution": "sles15", "link": None}
+    )
     image = created(api, f"{prefix}/images", {"name": "i", "metadata": {"a": "b"}})
-    for path in (f"{prefix}/public-keys", f"{prefix}/public-keys/{key['id']}", f"{prefix}/recipes",
-                 f"{prefix}/recipes/{recipe['id']}", f"{prefix}/images", f"{prefix}/images/{image['id']}",
-                 f"{prefix}/jobs", f"{prefix}/images?limit=1", f"{prefix}/images?limit=1&offset=1"):
+    for path in (
+        f"{prefix}/public-keys",
+        f"{prefix}/public-keys/{key['id']}",
+        f"{prefix}/recipes",
+        f"{prefix}/recipes/{recipe['id']}",
+        f"{prefix}/images",
+        f"{prefix}/images/{image['id']}",
+        f"{prefix}/jobs",
+        f"{prefix}/images?limit=1",
+        f"{prefix}/images?limit=1&offset=1",
+    ):
         assert_conditional(api, path)
 
 
@@ -110,8 +119,16 @@ def test_jobs(api: httpx.Client, artifact_store: ArtifactStore) -> None:
     key = created(api, "/v3/public-keys", {"name": "k", "public_key": KEY})
     image = created(api, "/v3/images", {"name": "img", "link": put_image(artifact_store).link})
     before = {prefix: api.get(f"{prefix}/jobs").headers["etag"] for prefix in PREFIXES}
-    job = created(api, "/v3/jobs", {"job_type": "customize", "artifact_id": image["id"], "public_key_id": key["id"],
-                                     "image_root_archive_name": "x"})
+    job = created(
+        api,
+        "/v3/jobs",
+        {
+            "job_type": "customize",
+            "artifact_id": image["id"],
+            "public_key_id": key["id"],
+            "image_root_archive_name": "x",
+        },
+    )
     for prefix in PREFIXES:
         assert api.get(f"{prefix}/jobs", headers={"If-None-Match": before[prefix]}).status_code == 200
         tag = assert_conditional(api, f"{prefix}/jobs/{job['id']}")

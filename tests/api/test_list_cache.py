@@ -29,8 +29,14 @@ def database_url(server: ImsServer) -> str:
     return server.env.get("IMS_DATABASE_URL") or f"sqlite:///{server.data_dir / 'ims.sqlite3'}"
 
 
-def stored_bytes(server: ImsServer, repo: repository.RecordRepository, record_id: str | None = None,
-                 *, deleted: bool = False, **fetch: Any) -> bytes:
+def stored_bytes(
+    server: ImsServer,
+    repo: repository.RecordRepository,
+    record_id: str | None = None,
+    *,
+    deleted: bool = False,
+    **fetch: Any,
+) -> bytes:
     """What the server sent before responses were cached: the records read from the database, rendered by
     FastJSONResponse."""
     database = Database(database_url(server))
@@ -73,29 +79,54 @@ def test_the_same_bytes_as_before(server: ImsServer, artifact_store: ArtifactSto
     with httpx.Client(base_url=server.url, timeout=30) as api:
         key = post(api, "/v3/public-keys", {"name": "ключ ✓", "public_key": KEY})
         post(api, "/public-keys", {"name": 'quote " and \\ backslash', "public_key": KEY})
-        post(api, "/v3/recipes", {"name": "r1", "recipe_type": "kiwi-ng", "linux_distribution": "sles15",
-                                  "link": put_recipe(artifact_store).link,
-                                  "template_dictionary": [{"key": "k", "value": "v"}], "require_dkms": True})
-        post(api, "/v2/recipes", {"name": "r2", "recipe_type": "kiwi-ng", "linux_distribution": "centos7",
-                                  "link": None, "arch": "aarch64"})
+        post(
+            api,
+            "/v3/recipes",
+            {
+                "name": "r1",
+                "recipe_type": "kiwi-ng",
+                "linux_distribution": "sles15",
+                "link": put_recipe(artifact_store).link,
+                "template_dictionary": [{"key": "k", "value": "v"}],
+                "require_dkms": True,
+            },
+        )
+        post(
+            api,
+            "/v2/recipes",
+            {"name": "r2", "recipe_type": "kiwi-ng", "linux_distribution": "centos7", "link": None, "arch": "aarch64"},
+        )
         with_link = post(api, "/v3/images", {"name": "linked", "link": put_image(artifact_store).link})
         post(api, "/v3/images", {"name": "meta", "metadata": {"z": "1", "a": "ü", "n": ""}, "arch": "aarch64"})
         gone = post(api, "/v2/images", {"name": "to be deleted"})
         assert api.delete(f"/v3/images/{gone['id']}").status_code == 204
         assert api.patch(f"/v3/images/{with_link['id']}", json={"name": "renamed"}).status_code == 200
-        job = post(api, "/v3/jobs", {"job_type": "customize", "artifact_id": with_link["id"],
-                                     "public_key_id": key["id"], "image_root_archive_name": "x"})
+        job = post(
+            api,
+            "/v3/jobs",
+            {
+                "job_type": "customize",
+                "artifact_id": with_link["id"],
+                "public_key_id": key["id"],
+                "image_root_archive_name": "x",
+            },
+        )
 
         for _ in range(2):  # the first round fills the caches, the second is answered from them
             for prefix in PREFIXES:
-                for name, repo in (("public-keys", repository.public_keys), ("recipes", repository.recipes),
-                                   ("images", repository.images), ("jobs", repository.jobs)):
+                for name, repo in (
+                    ("public-keys", repository.public_keys),
+                    ("recipes", repository.recipes),
+                    ("images", repository.images),
+                    ("jobs", repository.jobs),
+                ):
                     records = assert_list_is_its_records(api, f"{prefix}/{name}", stored_bytes(server, repo))
                     for record in records:
                         single = api.get(f"{prefix}/{name}/{record['id']}").content
                         assert single == stored_bytes(server, repo, record["id"])
             deleted = assert_list_is_its_records(
-                api, "/v3/deleted/images", stored_bytes(server, repository.images, deleted=True))
+                api, "/v3/deleted/images", stored_bytes(server, repository.images, deleted=True)
+            )
             assert [record["id"] for record in deleted] == [gone["id"]]
             assert api.get(f"/v3/jobs/{job['id']}").content == stored_bytes(server, repository.jobs, job["id"])
 
@@ -159,13 +190,15 @@ def check_processes_share_one_view(first: ImsServer, second: ImsServer, artifact
         assert one.patch(path, json={"name": "changed"}).status_code == 200
         for _ in range(4):
             record_tag_now = assert_sees(two, path, record_tag, lambda body: body["name"] == "changed")
-            list_tag_now = assert_sees(two, "/v3/images", list_tag,
-                                       lambda body: {"id": image["id"]} and any(r["name"] == "changed" for r in body))
+            list_tag_now = assert_sees(
+                two, "/v3/images", list_tag, lambda body: any(r["name"] == "changed" for r in body)
+            )
         record_tag, list_tag = record_tag_now, list_tag_now
         created = post(two, "/images", {"name": "from-two"})
         for _ in range(4):
-            list_tag_now = assert_sees(one, "/v2/images", list_tag,
-                                       lambda body: created["id"] in {r["id"] for r in body})
+            list_tag_now = assert_sees(
+                one, "/v2/images", list_tag, lambda body: created["id"] in {r["id"] for r in body}
+            )
         list_tag = list_tag_now
 
         # Written straight into the database (as an import or a job worker does), seen by both servers.
@@ -185,16 +218,31 @@ def check_processes_share_one_view(first: ImsServer, second: ImsServer, artifact
             assert_sees(api, "/v3/images", list_tag, lambda body: any(r["name"] == "written-directly" for r in body))
 
         # The task worker's write (a soft-deleted recipe's S3 move), done in the background, shows everywhere.
-        recipe = post(one, "/v3/recipes", {"name": "moved", "recipe_type": "kiwi-ng", "linux_distribution": "sles15",
-                                           "link": put_recipe(artifact_store).link})
+        recipe = post(
+            one,
+            "/v3/recipes",
+            {
+                "name": "moved",
+                "recipe_type": "kiwi-ng",
+                "linux_distribution": "sles15",
+                "link": put_recipe(artifact_store).link,
+            },
+        )
         deleted_tag = two.get("/v3/deleted/recipes").headers["etag"]
         assert one.delete(f"/v3/recipes/{recipe['id']}").status_code == 204
         database = Database(database_url(first))
         try:
+
             def moved() -> bool:
                 with database.read() as conn:
-                    states = conn.execute(sqlalchemy.text("SELECT state FROM tasks WHERE resource = :r"),
-                                          {"r": f"recipe:{recipe['id']}"}).scalars().all()
+                    states = (
+                        conn.execute(
+                            sqlalchemy.text("SELECT state FROM tasks WHERE resource = :r"),
+                            {"r": f"recipe:{recipe['id']}"},
+                        )
+                        .scalars()
+                        .all()
+                    )
                 return bool(states) and all(state == "done" for state in states)
 
             wait_for(moved, timeout=30, what="the recipe's move")
@@ -212,8 +260,7 @@ def check_processes_share_one_view(first: ImsServer, second: ImsServer, artifact
         assert {owner.split(":")[1] for owner in owners} == {str(first.process.pid)}
 
 
-def test_two_servers_on_one_sqlite_file(work_root: Path, s3_env: dict[str, str],
-                                        artifact_store: ArtifactStore) -> None:
+def test_two_servers_on_one_sqlite_file(work_root: Path, s3_env: dict[str, str], artifact_store: ArtifactStore) -> None:
     data_dir = work_root / f"ims-two-{uuid.uuid4().hex[:8]}"
     first = start_ims_server(data_dir, s3_env, args=["--workers", "2"])
     second = start_ims_server(data_dir, s3_env, {"IMS_RUN_WORKERS": "false"}, args=["--workers", "2"])
@@ -225,13 +272,19 @@ def test_two_servers_on_one_sqlite_file(work_root: Path, s3_env: dict[str, str],
 
 
 @pytest.mark.postgres
-def test_two_replicas_on_postgresql(work_root: Path, s3_env: dict[str, str], postgres: PostgresCluster,
-                                    artifact_store: ArtifactStore) -> None:
+def test_two_replicas_on_postgresql(
+    work_root: Path, s3_env: dict[str, str], postgres: PostgresCluster, artifact_store: ArtifactStore
+) -> None:
     url = postgres.create_database(f"ims_{uuid.uuid4().hex[:12]}")
-    first = start_ims_server(work_root / f"ims-pg1-{uuid.uuid4().hex[:8]}", s3_env, {"IMS_DATABASE_URL": url},
-                             args=["--workers", "2"])
-    second = start_ims_server(work_root / f"ims-pg2-{uuid.uuid4().hex[:8]}", s3_env,
-                              {"IMS_DATABASE_URL": url, "IMS_RUN_WORKERS": "false"}, args=["--workers", "2"])
+    first = start_ims_server(
+        work_root / f"ims-pg1-{uuid.uuid4().hex[:8]}", s3_env, {"IMS_DATABASE_URL": url}, args=["--workers", "2"]
+    )
+    second = start_ims_server(
+        work_root / f"ims-pg2-{uuid.uuid4().hex[:8]}",
+        s3_env,
+        {"IMS_DATABASE_URL": url, "IMS_RUN_WORKERS": "false"},
+        args=["--workers", "2"],
+    )
     try:
         check_processes_share_one_view(first, second, artifact_store)
     finally:

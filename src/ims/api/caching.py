@@ -4,11 +4,14 @@ Every record table has a version in the database that a trigger bumps in the sam
 the API would show (migration 0004), whoever writes: this process, another worker process, another replica,
 the task or job worker, an import. A GET first reads that version (microseconds on SQLite), then answers from
 this process's cache when an entry of that version exists: the stored bytes, no query of the records, no
-per-record objects. Otherwise one fill reads the records through the service, encodes them exactly as
-before (orjson, the same bytes) and files them under the version read *before* the records, so an entry can
-hold newer data than its version but never older: it is never served stale.
+per-record objects. Otherwise one fill reads the records, encodes them exactly as before (orjson, the same
+bytes as ims.api.http.FastJSONResponse) and files them under the version read *before* the records, so an
+entry can hold newer data than its version but never older: it is never served stale.
 
-The ETag is a hash of the body: equal bytes have equal ETags in every process, and any change of the bytes
+A list's fill also files each of its records under the record's own key, so gets after a list are answered
+from memory; a record not cached yet is read alone (on SQLite in tens of microseconds, on the event loop).
+
+The ETag is a hash of the body: equal bytes have equal tags in every process, and any change of the bytes
 changes it. `If-None-Match` with a matching tag (or `*`) answers 304 with no body.
 """
 
@@ -18,7 +21,6 @@ import asyncio
 import hashlib
 from collections import OrderedDict
 from collections.abc import Callable, Hashable
-from dataclasses import dataclass
 from typing import Any
 
 import orjson
@@ -27,24 +29,43 @@ from fastapi.responses import Response
 from starlette.concurrency import run_in_threadpool
 
 from ims.api.deps import services
-from ims.store.versions import VersionReader
+from ims.services.reads import Reads
 
-# Per process; a list of 10,000 images is about 1.8 MB.
+# Per process; a list of 10,000 images is about 1.8 MB, one image about 150 bytes.
 DEFAULT_MAX_BYTES = 64 * 1024 * 1024
+_ENTRY_OVERHEAD = 200  # what the dictionaries spend on an entry beyond its body, roughly
 _JSON = "application/json"
+_OPTIONS = orjson.OPT_NON_STR_KEYS
 
 
-@dataclass(frozen=True, slots=True)
+def encode(content: Any) -> bytes:
+    # The same rendering as ims.api.http.FastJSONResponse, so the bytes on the wire do not change.
+    return orjson.dumps(content, option=_OPTIONS)
+
+
 class Entry:
-    version: int
-    body: bytes
-    etag: str
+    __slots__ = ("version", "body", "_etag")
 
-    @classmethod
-    def encode(cls, version: int, content: Any) -> Entry:
-        # The same rendering as ims.api.http.FastJSONResponse, so the bytes on the wire do not change.
-        body = orjson.dumps(content, option=orjson.OPT_NON_STR_KEYS)
-        return cls(version, body, '"' + hashlib.blake2b(body, digest_size=16).hexdigest() + '"')
+    def __init__(self, version: int, body: bytes) -> None:
+        self.version = version
+        self.body = body
+        self._etag: str | None = None
+
+    @property
+    def etag(self) -> str:
+        if self._etag is None:
+            self._etag = '"' + hashlib.blake2b(self.body, digest_size=16).hexdigest() + '"'
+        return self._etag
+
+
+class Filled:
+    """What one fill produced: the entry asked for and, for a list, an entry per record."""
+
+    __slots__ = ("entry", "records")
+
+    def __init__(self, entry: Entry, records: list[tuple[str, Entry]]) -> None:
+        self.entry = entry
+        self.records = records
 
 
 def etag_matches(header: str, etag: str) -> bool:
@@ -61,72 +82,130 @@ def respond(request: Request, entry: Entry) -> Response:
     return Response(entry.body, media_type=_JSON, headers={"ETag": entry.etag})
 
 
+def _fill_list(version: int, load: Callable[[], list[dict[str, Any]]], id_field: str) -> Filled:
+    records = load()
+    parts = [encode(record) for record in records]
+    entries = [(str(record[id_field]), Entry(version, part)) for record, part in zip(records, parts, strict=True)]
+    # orjson writes a list as its items joined by commas in brackets: the same bytes as encode(records).
+    return Filled(Entry(version, b"[" + b",".join(parts) + b"]"), entries)
+
+
+def _fill_one(version: int, load: Callable[[], Any]) -> Filled:
+    return Filled(Entry(version, encode(load())), [])
+
+
 class ResponseCache:
-    def __init__(self, versions: VersionReader, *, max_bytes: int = DEFAULT_MAX_BYTES) -> None:
-        self.versions = versions
+    def __init__(self, reads: Reads, *, max_bytes: int = DEFAULT_MAX_BYTES) -> None:
+        self.reads = reads
         self.max_bytes = max_bytes
         self._entries: OrderedDict[tuple[str, Hashable], Entry] = OrderedDict()
         self._size = 0
-        self._filling: dict[tuple[str, Hashable, int], asyncio.Future[Entry]] = {}
+        self._filling: dict[tuple[str, Hashable, int], asyncio.Future[Filled]] = {}
 
     async def version(self, collection: str) -> int:
-        if self.versions.fast:
-            return self.versions.read(collection)
-        return await run_in_threadpool(self.versions.read, collection)
+        if self.reads.fast:
+            return self.reads.version(collection)
+        return await run_in_threadpool(self.reads.version, collection)
 
-    async def get(self, collection: str, key: Hashable, load: Callable[[], Any]) -> Entry:
-        """The entry of `collection`'s current version for `key`; `load` (blocking, run in a thread) gives the
-        content on a miss. Concurrent misses of one key and version share one fill."""
-        version = await self.version(collection)
-        slot = (collection, key)
+    def _current(self, slot: tuple[str, Hashable], version: int) -> Entry | None:
         entry = self._entries.get(slot)
         if entry is not None and entry.version == version:
             self._entries.move_to_end(slot)
             return entry
+        return None
+
+    async def record(self, collection: str, key: Hashable, record_id: str, *, deleted: bool = False) -> Entry:
+        """One record, as the services' get() returns it (NotFound raised as theirs)."""
+        version = await self.version(collection)
+        slot = (collection, key)
+        entry = self._current(slot, version)
+        if entry is not None:
+            return entry
+        if self.reads.fast:
+            entry = Entry(version, encode(self.reads.record(collection, record_id, deleted=deleted)))
+        else:
+            load = lambda: self.reads.record(collection, record_id, deleted=deleted)  # noqa: E731
+            entry = (await run_in_threadpool(_fill_one, version, load)).entry
+        self._store(slot, entry)
+        return entry
+
+    async def listing(
+        self,
+        collection: str,
+        key: Hashable,
+        load: Callable[[], list[dict[str, Any]]],
+        *,
+        record_key: str,
+        id_field: str = "id",
+    ) -> Entry:
+        """A list; `load` (blocking, run in a thread) gives the records on a miss, each then also filed under
+        (record_key, its id). Concurrent misses of one key and version share one fill."""
+        version = await self.version(collection)
+        slot = (collection, key)
+        entry = self._current(slot, version)
+        if entry is not None:
+            return entry
         filling = self._filling.get((collection, key, version))
         if filling is None:
-            filling = asyncio.ensure_future(run_in_threadpool(_encode_loaded, version, load))
+            filling = asyncio.ensure_future(run_in_threadpool(_fill_list, version, load, id_field))
             self._filling[(collection, key, version)] = filling
-            filling.add_done_callback(lambda done: self._filled(slot, version, done))
-        return await asyncio.shield(filling)
+            filling.add_done_callback(lambda done: self._filled(collection, slot, record_key, version, done))
+        return (await asyncio.shield(filling)).entry
 
-    def _filled(self, slot: tuple[str, Hashable], version: int, done: asyncio.Future[Entry]) -> None:
+    def _filled(
+        self, collection: str, slot: tuple[str, Hashable], record_key: str, version: int, done: asyncio.Future[Filled]
+    ) -> None:
         self._filling.pop((slot[0], slot[1], version), None)
         if done.cancelled() or done.exception() is not None:
             return
-        entry = done.result()
+        filled = done.result()
+        for record_id, entry in filled.records:
+            self._store((collection, (record_key, record_id)), entry)
+        self._store(slot, filled.entry)
+
+    def _store(self, slot: tuple[str, Hashable], entry: Entry) -> None:
         current = self._entries.get(slot)
-        if current is not None and current.version > entry.version:
-            return
         if current is not None:
-            self._size -= len(current.body)
-        if len(entry.body) > self.max_bytes // 4:
+            if current.version > entry.version:
+                return
+            self._size -= len(current.body) + _ENTRY_OVERHEAD
+        size = len(entry.body) + _ENTRY_OVERHEAD
+        if size > self.max_bytes // 4:
             self._entries.pop(slot, None)
             return
         self._entries[slot] = entry
         self._entries.move_to_end(slot)
-        self._size += len(entry.body)
+        self._size += size
         while self._size > self.max_bytes and self._entries:
             _, dropped = self._entries.popitem(last=False)
-            self._size -= len(dropped.body)
+            self._size -= len(dropped.body) + _ENTRY_OVERHEAD
 
     def clear(self) -> None:
         self._entries.clear()
         self._size = 0
 
 
-def _encode_loaded(version: int, load: Callable[[], Any]) -> Entry:
-    return Entry.encode(version, load())
-
-
 def response_cache(request: Request) -> ResponseCache:
     found = services(request)
     cache = found.extra.get("response_cache")
     if cache is None:
-        cache = found.extra.setdefault("response_cache", ResponseCache(VersionReader(found.ctx.database)))
+        cache = found.extra.setdefault("response_cache", ResponseCache(Reads(found.ctx.database)))
     return cache  # type: ignore[no-any-return]
 
 
-async def cached(request: Request, collection: str, key: Hashable, load: Callable[[], Any]) -> Response:
-    """A GET answered from the cache of `collection` (a record table's name), with ETag and 304."""
-    return respond(request, await response_cache(request).get(collection, key, load))
+async def cached_list(
+    request: Request,
+    collection: str,
+    key: Hashable,
+    load: Callable[[], list[dict[str, Any]]],
+    *,
+    record_key: str = "get",
+) -> Response:
+    """A list GET of `collection` (a record table's name) from the cache, with ETag and 304."""
+    return respond(request, await response_cache(request).listing(collection, key, load, record_key=record_key))
+
+
+async def cached_record(request: Request, collection: str, record_id: str, *, deleted: bool = False) -> Response:
+    """A record GET of `collection` from the cache, with ETag and 304."""
+    key = ("deleted-get" if deleted else "get", record_id)
+    return respond(request, await response_cache(request).record(collection, key, record_id, deleted=deleted))

@@ -43,10 +43,17 @@ class VersionReader:
                 ).scalar()
                 conn.rollback()
             return int(value or 0)
+        row = self.raw().execute(_QUERY, (collection,)).fetchone()
+        return int(row[0]) if row is not None else 0
+
+    def raw(self) -> sqlite3.Connection:
+        """SQLite only: this thread's plain connection in autocommit mode (each statement sees the newest commit)."""
+        if self._sqlite_path is None:
+            raise RuntimeError("raw connections exist only for a SQLite file")
         raw: sqlite3.Connection | None = getattr(self._local, "conn", None)
         if raw is None:
             raw = sqlite3.connect(self._sqlite_path, isolation_level=None, check_same_thread=False, timeout=60)
             raw.execute("PRAGMA busy_timeout=60000")
+            raw.execute("PRAGMA query_only=ON")
             self._local.conn = raw
-        row = raw.execute(_QUERY, (collection,)).fetchone()
-        return int(row[0]) if row is not None else 0
+        return raw

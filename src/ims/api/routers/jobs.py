@@ -6,7 +6,7 @@ from fastapi import APIRouter, FastAPI, Query, Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 
 from ims.api import docs, models
-from ims.api.caching import cached
+from ims.api.caching import cached_list, cached_record
 from ims.api.deps import call, services
 from ims.api.http import no_content, ok, read_json
 from ims.domain.jobs import JOB_STATUSES
@@ -48,8 +48,8 @@ def build(version: str) -> APIRouter:
         svc = job_service(request)
         statuses = [str(value) for value in status] if status else None
         key = ("list", tuple(statuses or ()), job_type, limit, offset)
-        return await cached(request, "jobs", key,
-                            lambda: svc.list(statuses=statuses, job_type=job_type, limit=limit, offset=offset))
+        return await cached_list(request, "jobs", key,
+                                 lambda: svc.list(statuses=statuses, job_type=job_type, limit=limit, offset=offset))
 
     @router.post(
         "/jobs",
@@ -89,8 +89,7 @@ def build(version: str) -> APIRouter:
         responses=docs.responses(200, models.JobRecord, errors=(404,)),
     )
     async def get_job(request: Request, job_id: str) -> Response:
-        svc = job_service(request)
-        return await cached(request, "jobs", ("get", job_id), lambda: svc.get(job_id))
+        return await cached_record(request, "jobs", job_id)
 
     @router.patch(
         "/jobs/{job_id}",

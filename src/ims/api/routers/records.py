@@ -9,7 +9,7 @@ from fastapi.responses import JSONResponse, Response
 from pydantic import BaseModel
 
 from ims.api import docs, models
-from ims.api.caching import cached
+from ims.api.caching import cached_list, cached_record
 from ims.api.deps import call, services
 from ims.api.http import cascade_flag, no_content, ok, read_json
 from ims.domain import schemas
@@ -55,8 +55,8 @@ def build(resource: Resource, version: str) -> APIRouter:
         offset: int = Query(0, ge=0, le=INT_MAX, description="Ours: skip this many records first."),
     ) -> Response:
         svc = service(request)
-        return await cached(request, resource.attr, ("list", limit, offset),
-                            lambda: svc.list(limit=limit, offset=offset))
+        return await cached_list(request, resource.attr, ("list", limit, offset),
+                                 lambda: svc.list(limit=limit, offset=offset))
 
     @router.post(
         base,
@@ -88,8 +88,7 @@ def build(resource: Resource, version: str) -> APIRouter:
         responses=docs.responses(200, resource.record, errors=(404,)),
     )
     async def get_record(request: Request, record_id: str) -> Response:
-        svc = service(request)
-        return await cached(request, resource.attr, ("get", record_id), lambda: svc.get(record_id))
+        return await cached_record(request, resource.attr, record_id)
 
     @router.delete(
         base + "/{record_id}",
@@ -148,8 +147,8 @@ def build_deleted(resource: Resource) -> APIRouter:
         offset: int = Query(0, ge=0, le=INT_MAX),
     ) -> Response:
         svc = service(request)
-        return await cached(request, resource.attr, ("deleted-list", limit, offset),
-                            lambda: svc.list(deleted=True, limit=limit, offset=offset))
+        return await cached_list(request, resource.attr, ("deleted-list", limit, offset),
+                                 lambda: svc.list(deleted=True, limit=limit, offset=offset), record_key="deleted-get")
 
     @router.patch(base, summary=f"Undelete every deleted {resource.label} record", status_code=204,
                   openapi_extra=docs.body(models.UndeleteInput),
@@ -169,9 +168,7 @@ def build_deleted(resource: Resource) -> APIRouter:
     @router.get(base + "/{record_id}", summary=f"Get a deleted {resource.label} record",
                 responses=docs.responses(200, deleted_model, errors=(404,)))
     async def get_deleted(request: Request, record_id: str) -> Response:
-        svc = service(request)
-        return await cached(request, resource.attr, ("deleted-get", record_id),
-                            lambda: svc.get(record_id, deleted=True))
+        return await cached_record(request, resource.attr, record_id, deleted=True)
 
     @router.patch(base + "/{record_id}", summary=f"Undelete a {resource.label} record", status_code=204,
                   openapi_extra=docs.body(models.UndeleteInput),

@@ -1,0 +1,49 @@
+"""Reads for the response cache (ims.api.caching): collection versions and single records, fast on SQLite.
+
+On SQLite both are read on a plain sqlite3 connection of the calling thread, in tens of microseconds, so the
+API may call them on its event loop. On PostgreSQL `fast` is False: the API runs them in its thread pool.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from ims.domain.errors import NotFound
+from ims.store import repository
+from ims.store.db import Database
+from ims.store.repository import RecordRepository
+from ims.store.versions import VersionReader
+
+COLLECTIONS: dict[str, RecordRepository] = {
+    "public_keys": repository.public_keys,
+    "recipes": repository.recipes,
+    "images": repository.images,
+    "jobs": repository.jobs,
+    "remote_build_nodes": repository.remote_build_nodes,
+}
+
+
+class Reads:
+    def __init__(self, database: Database) -> None:
+        self.database = database
+        self.versions = VersionReader(database)
+
+    @property
+    def fast(self) -> bool:
+        return self.versions.fast
+
+    def version(self, collection: str) -> int:
+        """The collection's version; ask before reading its records (see ims.store.versions)."""
+        return self.versions.read(collection)
+
+    def record(self, collection: str, record_id: str, *, deleted: bool = False) -> dict[str, Any]:
+        """The record as the services' get() returns it; NotFound when there is none."""
+        repo = COLLECTIONS[collection]
+        if self.versions.fast:
+            found = repo.raw_get(self.versions.raw(), record_id, deleted=deleted)
+        else:
+            with self.database.read() as conn:
+                found = repo.get(conn, record_id, deleted=deleted)
+        if found is None:
+            raise NotFound()
+        return found
