@@ -1,8 +1,8 @@
 """The environment a job's stages get: the original's variable names (ims.stages.environment reads them).
 
-Secrets (the job's token, S3 keys, the presigned download URL) exist only here and in the stage's
-environment; the job record and the `launch` column hold nothing secret, and the token and the URL are
-made anew at every launch.
+Secrets (the job's token, the presigned download URL) exist only here and in the stage's environment; the
+job record and the `launch` column hold nothing secret, and the token and the URL are made anew at every
+launch. A job holds no S3 credential: it reaches its artifacts through IMS (ims.api.routers.job_artifacts).
 """
 
 from __future__ import annotations
@@ -27,6 +27,7 @@ STAGE_TUNING = (
     "IMS_REPOS_TIMEOUT",
     "IMS_REPOS_POLL_SECONDS",
     "IMS_KIWI_NG",
+    "IMS_UPLOAD_PART_MIB",
 )
 
 
@@ -94,9 +95,7 @@ def build_spec(
         "IMS_URL": api_url(settings),
         # The job's own bearer token (ims.store.job_tokens): what it may do is decided by ims.api.auth.
         "IMS_JOB_TOKEN": job_token,
-        "S3_ENDPOINT": settings.s3_endpoint,
-        "S3_ACCESS_KEY": settings.s3_access_key,
-        "S3_SECRET_KEY": settings.s3_secret_key,
+        # No S3 endpoint or keys: the job's artifacts move through presigned URLs (docs/auth.md).
         "S3_SSL_VALIDATE": _verify(settings.s3_ssl_validate),
         "S3_BOOT_IMAGES_BUCKET": settings.s3_boot_images_bucket,
         "IMS_SQUASHFS_COMPRESSOR": settings.squashfs_compressor,
