@@ -215,7 +215,9 @@ class FileUpload:
         self.name = name
         self.first_part_size = first_part_size
         self.part_size = part_size
-        self.margin = part_size if margin is None else margin
+        # Sent early only once the file is this far past a part: a duplicate's truncation rarely reaches back
+        # further (and when it does, `finish` sends the part again).
+        self.margin = part_size // 4 if margin is None else margin
         self.upload_id, self.bucket, self.key = api.create(image_id, name, content_type)
         self._lock = threading.Lock()
         self._urls: dict[int, str] = {}
@@ -411,10 +413,19 @@ def _strip_url(text: str) -> str:
 class JobArtifactSink:
     """Uploads for a job's result image through IMS: the store interface `ims.client.artifacts` uses."""
 
-    def __init__(self, client: ImsClient, job_id: str, verify: bool | str = True, threads: int = THREADS) -> None:
+    def __init__(
+        self,
+        client: ImsClient,
+        job_id: str,
+        verify: bool | str = True,
+        threads: int = THREADS,
+        part_size: int = PART_SIZE,
+    ) -> None:
         self.api = JobArtifactApi(client, job_id)
         self.putter = PartPutter(verify)
         self.pool = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="ims-part")
+        self.part_size = part_size
+        self.first_part_size = min(FIRST_PART_SIZE, part_size)
 
     def close(self) -> None:
         self.pool.shutdown(wait=True)
@@ -435,7 +446,15 @@ class JobArtifactSink:
     def start(self, location: S3Location, path: Path, content_type: str = "application/octet-stream") -> FileUpload:
         image_id, name = self._split(location)
         return FileUpload(
-            self.api, self.putter, self.pool, image_id=image_id, name=name, path=path, content_type=content_type
+            self.api,
+            self.putter,
+            self.pool,
+            image_id=image_id,
+            name=name,
+            path=path,
+            content_type=content_type,
+            first_part_size=self.first_part_size,
+            part_size=self.part_size,
         )
 
     def upload_file(

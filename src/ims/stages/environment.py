@@ -111,6 +111,7 @@ class JobEnvironment:
     user_wait_limit: float = 0.0  # 0: wait for the user as long as it takes, like the original
     download_attempts: int = 20
     download_retry_seconds: float = 10.0
+    upload_part_mib: int = 64  # S3 part size of the uploads (the first part is at most 8 MiB)
 
     # --- the /mnt/image layout
     @property
@@ -200,6 +201,7 @@ class JobEnvironment:
             user_wait_limit=_number(env, "IMS_JOB_USER_WAIT_LIMIT", 0.0),
             download_attempts=max(1, int(_number(env, "IMS_DOWNLOAD_ATTEMPTS", 20, 1))),
             download_retry_seconds=_number(env, "IMS_DOWNLOAD_RETRY_SECONDS", 10.0),
+            upload_part_mib=int(_number(env, "IMS_UPLOAD_PART_MIB", 64, 5)),
         )
 
 

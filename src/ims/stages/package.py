@@ -80,7 +80,7 @@ def _require_upload_settings(env: JobEnvironment, client: ImsClient | None) -> I
 
 
 def _sink(env: JobEnvironment, client: ImsClient) -> JobArtifactSink:
-    return JobArtifactSink(client, env.job_id, verify=env.ca_cert or True)
+    return JobArtifactSink(client, env.job_id, verify=env.s3_verify, part_size=env.upload_part_mib * 1024 * 1024)
 
 
 def _uploaded(kind: str, done: CompletedUpload) -> UploadedArtifact:
