@@ -438,9 +438,27 @@ def _assert_revoked(stack: Stack, job: Job) -> None:
 
 def test_the_token_ends_with_the_job(stack: Stack) -> None:
     ended = start_job(stack)
+    # An upload left unfinished by the job is aborted when its process is gone (no parts left in S3).
+    image_id = call(stack, ended, "POST", "/v3/images", {"name": "half"}).json()["id"]
+    upload = call(stack, ended, "POST", f"/v3/jobs/{ended.id}/uploads", {"image_id": image_id, "name": "rootfs"})
+    urls = call(
+        stack, ended, "POST", f"/v3/jobs/{ended.id}/uploads/{upload.json()['upload_id']}/parts", {"part_numbers": [1]}
+    )
+    assert httpx.put(urls.json()["part_urls"][0]["url"], content=b"x" * 1024, timeout=30).status_code == 200
+
+    def unfinished() -> list[Any]:
+        reply = stack.store.client.list_multipart_uploads(Bucket="boot-images", Prefix=f"{image_id}/")
+        return list(reply.get("Uploads", []))
+
+    assert unfinished()
     done = call(stack, ended, "PATCH", f"/v3/jobs/{ended.id}", {"status": "success"})
     assert done.status_code == 200, done.text
     _assert_revoked(stack, ended)
+
+    deadline = time.monotonic() + 30
+    while unfinished():
+        assert time.monotonic() < deadline, "the unfinished upload was not aborted"
+        time.sleep(0.2)
     assert_problem(call(stack, ended, "POST", "/v3/images", {"name": "late"}), 401)
     # Moving it back does not bring the token back.
     assert stack.api.patch(f"/v3/jobs/{ended.id}", json={"status": "creating"}).status_code == 200

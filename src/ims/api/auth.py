@@ -28,7 +28,9 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from ims.api.deps import Services
 from ims.api.http import problem
 from ims.api.oidc import KeysUnavailable, OidcVerifier, TokenRejected
+from ims.domain.errors import ImsError
 from ims.services.job_tokens import MAX_RESULT_IMAGES, JobToken, JobTokenService
+from ims.services.job_uploads import decode_upload_id
 from ims.store.job_tokens import looks_like_job_token
 
 log = logging.getLogger(__name__)
@@ -38,6 +40,7 @@ READS = frozenset({"GET", "HEAD"})
 WRITES = frozenset({"POST", "PUT", "PATCH", "DELETE"})
 CALLER_KEY = "ims.caller"
 _REMEMBER_KEY = "ims.remember_image"
+_SENT_KEY = "ims.status_sent"
 _ANONYMOUS_ROUTES = ("/healthz/", "/version")
 _JOB_ARTIFACT_ROUTES = {
     ("GET", "/v3/jobs/{job_id}/input"),
@@ -278,7 +281,7 @@ class AuditMiddleware:
         try:
             await self.app(scope, receive, watch)
         finally:
-            self._audit(scope, status, created)
+            self._audit(scope, int(scope.get(_SENT_KEY, status)), created)
 
     async def _remember(self, scope: Scope, body: bytes, held: list[Message], send: Send) -> None:
         job_id = str(scope[_REMEMBER_KEY])
@@ -290,6 +293,7 @@ class AuditMiddleware:
         except Exception as exc:
             log.error("job %s created image %s but it could not be recorded: %s", job_id, image_id, exc)
             response = problem(503, "The image was created but could not be recorded as the job's; try again.")
+            scope[_SENT_KEY] = 503
             await response(scope, _no_body, send)
             return
         for message in held:
@@ -300,7 +304,12 @@ class AuditMiddleware:
         caller = scope.get(CALLER_KEY)
         who = caller.audit_name if isinstance(caller, Caller) else ("unauthenticated" if status == 401 else "-")
         params = scope.get("path_params") or {}
-        record = (_created_id(created) if status == 201 else None) or params.get("record_id") or params.get("job_id")
+        record = (
+            (_created_id(created) if status == 201 else None)
+            or params.get("record_id")
+            or _upload_key(params.get("upload_id"))
+            or params.get("job_id")
+        )
         audit_log.info(
             "audit who=%s method=%s path=%s id=%s status=%s",
             who,
@@ -321,9 +330,18 @@ def _created_id(body: bytes) -> str | None:
     except (ValueError, UnicodeDecodeError):
         return None
     if isinstance(value, dict):
-        found = value.get("id") or value.get("upload_id")
+        found = value.get("id") or value.get("key")  # a record, or an upload's `<image_id>/<name>`
         return str(found) if found is not None else None
     return None
+
+
+def _upload_key(upload_id: Any) -> str | None:
+    if not isinstance(upload_id, str):
+        return None
+    try:
+        return decode_upload_id(upload_id)[0]
+    except ImsError:
+        return None
 
 
 def install(app: FastAPI, services: Services) -> None:

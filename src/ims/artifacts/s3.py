@@ -335,6 +335,16 @@ class ArtifactStore:
         except (ClientError, BotoCoreError) as exc:
             raise _upload_error(exc, location) from exc
 
+    def abort_uploads_under(self, bucket: str, prefix: str) -> int:
+        """Abort every unfinished multipart upload to a key under `prefix` (a job that ended mid-upload)."""
+        aborted = 0
+        paginator = self.client.get_paginator("list_multipart_uploads")
+        for page in paginator.paginate(Bucket=bucket, Prefix=prefix):
+            for upload in page.get("Uploads", []):
+                self.client.abort_multipart_upload(Bucket=bucket, Key=upload["Key"], UploadId=upload["UploadId"])
+                aborted += 1
+        return aborted
+
 
 class ArtifactRejected(ArtifactError):
     """S3 refused what the caller sent (a wrong part list, a part too small): the caller's mistake."""

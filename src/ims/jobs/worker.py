@@ -239,10 +239,23 @@ class JobWorker(BackgroundLoop):
         log.info("job %s deleted; its process and directory are gone", job_id)
 
     def _cleanup(self, job_id: str, *, keep_log: bool) -> None:
+        self._abort_uploads(job_id)
         try:
             self.runner.cleanup(job_id, keep_log=keep_log)
         except (RunnerError, OSError) as exc:
             log.warning("job %s: could not clean its directory: %s", job_id, exc)
+
+    def _abort_uploads(self, job_id: str) -> None:
+        """Uploads the job started through IMS and never finished would hold their parts in S3 forever."""
+        try:
+            with self.database.read() as conn:
+                images = job_tokens.result_images(conn, job_id)
+            for image_id in images:
+                aborted = self.artifacts.abort_uploads_under(self.settings.s3_boot_images_bucket, f"{image_id}/")
+                if aborted:
+                    log.info("job %s: aborted %d unfinished uploads of image %s", job_id, aborted, image_id)
+        except Exception as exc:  # only storage: never let it stop the cleanup
+            log.warning("job %s: could not abort its unfinished uploads: %s", job_id, exc)
 
     def _forget(self, job_id: str) -> None:
         with self._lock:
