@@ -54,11 +54,14 @@ from ims.stages.tools import cpu_count  # noqa: E402
 
 # Figures the stages write to the job log (ims.stages.prepare / package).
 LOG_FIGURES = {
-    "job: download (prepare)": r"downloaded \d+ bytes in ([\d.]+) s",
+    "job: download (prepare)": r"downloaded image: \d+ bytes in ([\d.]+) s",
     "job: unsquashfs (prepare)": r"unsquashfs into .*: done in ([\d.]+) s",
-    "job: mksquashfs (package)": r"mksquashfs \(.*: done in ([\d.]+) s",
-    "job: upload image (package)": r"uploaded image \S+ in ([\d.]+) s",
+    "job: md5 wait after unsquashfs (prepare)": r"md5 of the image: .*waited ([\d.]+) s",
+    "job: mksquashfs, parts going up meanwhile (package)": r"mksquashfs \(.*\): done in ([\d.]+) s",
+    "job: final md5 pass + last parts (package)": r"final pass and last parts in ([\d.]+) s",
+    "job: record + squash + upload + manifest (package)": r"uploaded image \S+ in ([\d.]+) s",
 }
+GRACE_SECONDS = 2.0  # IMS_SSH_GRACE_SECONDS, kept on purpose (ims.stages.sshenv)
 
 
 def loadavg() -> str:
@@ -142,9 +145,42 @@ def summary() -> str:
     lines = ["| step | median s | range s | runs |", "|---|---:|---:|---:|"]
     for label, values in by_label.items():
         lines.append(
-            f"| {label} | {statistics.median(values):.1f} | {min(values):.1f}–{max(values):.1f} | {len(values)} |"
+            f"| {label} | {statistics.median(values):.2f} | {min(values):.2f}–{max(values):.2f} | {len(values)} |"
+        )
+    return "\n".join(lines) + "\n\n" + ratios()
+
+
+def ratios() -> str:
+    """Per run: each job figure against the machine's limits measured in the same run (issue 11 item 5)."""
+    runs: list[dict[str, float]] = []
+    for label, seconds, _ in results:
+        if label.startswith("raw unsquashfs"):
+            runs.append({})
+        if runs:
+            runs[-1][label.split(" zstd")[0]] = seconds
+    lines = [
+        "| run | load | POST→waiting / (curl + unsquashfs) | complete→success / max(mksquashfs, boto3 upload) "
+        "| same without the 2 s grace |",
+        "|---|---|---:|---:|---:|",
+    ]
+    for number, run in enumerate(runs, 1):
+        try:
+            prepare_limit = run["raw curl of a presigned URL"] + run["raw unsquashfs"]
+            package_limit = max(run["raw mksquashfs"], run["raw boto3 upload_file"])
+            waiting = run["job: POST -> waiting_on_user"]
+            done = run["job: touch /tmp/complete -> success"]
+        except KeyError:
+            continue
+        lines.append(
+            f"| {number} | {LOADS[number - 1] if number <= len(LOADS) else ''} "
+            f"| {waiting:.2f} / {prepare_limit:.2f} = **{waiting / prepare_limit:.2f}** "
+            f"| {done:.2f} / {package_limit:.2f} = **{done / package_limit:.2f}** "
+            f"| {done - GRACE_SECONDS:.2f} / {package_limit:.2f} = **{(done - GRACE_SECONDS) / package_limit:.2f}** |"
         )
     return "\n".join(lines)
+
+
+LOADS: list[str] = []
 
 
 def main() -> None:
@@ -182,7 +218,8 @@ def main() -> None:
             key_id = add_public_key(api, key)
             image_id = add_image(api, image)
             for run in range(args.runs):
-                print(f"--- run {run + 1} (load average {loadavg()})", flush=True)
+                LOADS.append(loadavg())
+                print(f"--- run {run + 1} (load average {LOADS[-1]})", flush=True)
                 raw_tools(work, root, archive, store, image.rootfs)
                 customize_once(api, server, image_id, key_id, key)
     finally:

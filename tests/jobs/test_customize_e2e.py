@@ -67,6 +67,20 @@ def _check_new_image(
     return read_from_squashfs(rootfs_path, member, scratch)
 
 
+def assert_no_s3_credentials(job_id: str) -> None:
+    """Issue 8: no S3 endpoint or key in any process of the job; the stage holds only its own token."""
+    pids = processes_of(job_id)
+    assert stage_pid(job_id) in pids
+    for pid in pids:
+        try:
+            names = {item.split(b"=", 1)[0] for item in Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")}
+        except OSError:
+            continue  # ended meanwhile
+        assert not names & {b"S3_ENDPOINT", b"S3_ACCESS_KEY", b"S3_SECRET_KEY", b"IMS_API_TOKEN"}, (pid, names)
+    stage_env = Path(f"/proc/{stage_pid(job_id)}/environ").read_bytes().split(b"\0")
+    assert any(item.startswith(b"IMS_JOB_TOKEN=imsjob_") for item in stage_env)
+
+
 @pytest.mark.parametrize("jail", [False, True], ids=["full-shell", "jailed"])
 def test_customize_changes_the_image(
     job_server: ImsServer,
@@ -83,6 +97,7 @@ def test_customize_changes_the_image(
     job = post_customize(jobs_api, image_id, key_id, jail=jail)
     waiting = wait_status(jobs_api, job["id"], {"waiting_on_user"})
     _timed("post_to_waiting_on_user", time.monotonic() - start)
+    assert_no_s3_credentials(job["id"])
 
     if jail:
         # The user's `/` is the image root; the flag lives in its /tmp.

@@ -9,6 +9,7 @@ from typing import Any
 
 import httpx
 import pytest
+from tests.jobs.kit import processes_of
 from tests.stages.kit import KeyPair, ssh
 from tests.support.images import RegisteredImage, md5_of, read_from_squashfs
 from tests.support.servers import ImsServer
@@ -67,6 +68,15 @@ def test_customize_job_produces_a_new_image_with_the_change(
 
         job = _wait_job(api, job_id, {"waiting_on_user", "error"})
         assert job["status"] == "waiting_on_user", job
+        # No S3 endpoint or key in any process of the job (issue 8): its artifacts move through presigned URLs.
+        for pid in processes_of(job_id):
+            try:
+                environ = Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
+            except OSError:
+                continue
+            assert not [
+                item for item in environ if item.startswith((b"S3_ENDPOINT=", b"S3_ACCESS_KEY=", b"S3_SECRET_KEY="))
+            ]
         port = _ssh_port(job)
         if jail:
             change = "echo customized > /etc/motd && touch /tmp/complete"
