@@ -250,3 +250,20 @@ def _wait_for_log(server: ImsServer, text: str, timeout: float = 10.0) -> str:
         if text in log or time.monotonic() > deadline:
             return log
         time.sleep(0.1)
+
+
+def test_serve_refuses_a_public_address_without_an_explicit_auth_mode(tmp_path: Path) -> None:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("IMS_", "S3_"))}
+    env["IMS_DATA_DIR"] = str(tmp_path)
+    command = [sys.executable, "-m", "ims", "serve", "--host", "0.0.0.0", "--port", "9"]  # noqa: S104
+    result = subprocess.run(command, capture_output=True, text=True, env=env, timeout=60)
+    assert result.returncode == 2
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and "IMS_AUTH" in lines[0] and "0.0.0.0" in lines[0], result.stderr
+    # oidc without its issuer and audience: one line as well.
+    result = subprocess.run(command, capture_output=True, text=True, env={**env, "IMS_AUTH": "oidc"}, timeout=60)
+    assert result.returncode == 2
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and "IMS_OIDC_ISSUER" in lines[0] and "IMS_OIDC_AUDIENCE" in lines[0], result.stderr
+    result = subprocess.run(command, capture_output=True, text=True, env={**env, "IMS_AUTH": "kerberos"}, timeout=60)
+    assert result.returncode == 2 and "none or oidc" in result.stderr
