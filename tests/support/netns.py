@@ -17,12 +17,16 @@ import os
 import shutil
 import signal
 import subprocess
+import sys
 import time
 import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ims.embedded.ports import wait_for_port
+import httpx
+
+from ims.embedded.ports import free_port, wait_for_port
+from tests.support.servers import ImsServer
 
 STATE_ROOT = Path("/run/ims-test-nodes")
 SUBNET_PREFIX = "10.213"
@@ -211,3 +215,48 @@ class TestNodes:
             subprocess.run(["ip", "netns", "del", node.name], capture_output=True)
         subprocess.run(["ip", "link", "del", self.bridge], capture_output=True)
         shutil.rmtree(self.directory, ignore_errors=True)
+
+
+def start_ims_at(address: str, data_dir: Path, env_extra: dict[str, str], port: int | None = None) -> ImsServer:
+    """`ims serve` listening on `address` (the bridge's host side), so the test nodes reach it; `port` brings a
+    stopped server back where its jobs look for it."""
+    data_dir.mkdir(parents=True, exist_ok=True)
+    env = dict(os.environ)
+    env.update({"IMS_DATA_DIR": str(data_dir), "IMS_LOG_LEVEL": "INFO"})
+    env.update(env_extra)
+    for _ in range(3):
+        port = port or free_port(address)
+        log_path = data_dir / "server.log"
+        with log_path.open("ab") as log:
+            process = subprocess.Popen(
+                [sys.executable, "-m", "ims", "serve", "--host", address, "--port", str(port)],
+                env=env,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                start_new_session=True,
+            )
+        server = ImsServer(f"http://{address}:{port}", env, data_dir, process, log_path)
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline and process.poll() is None:
+            with contextlib.suppress(httpx.HTTPError):
+                if httpx.get(f"{server.url}/healthz/ready", timeout=2).status_code == 200:
+                    return server
+            time.sleep(0.1)
+        if process.poll() is None:
+            server.stop()
+            break
+    raise RuntimeError(
+        f"ims serve did not start on {address}:\n{(data_dir / 'server.log').read_text(errors='replace')}"
+    )
+
+
+def stop_ims_keeping_jobs(server: ImsServer) -> None:
+    """Stop the server as a crash or an upgrade would: its jobs keep running (on their nodes)."""
+    assert server.process is not None
+    os.killpg(server.process.pid, signal.SIGTERM)
+    try:
+        server.process.wait(20)
+    except subprocess.TimeoutExpired:
+        os.killpg(server.process.pid, signal.SIGKILL)
+        server.process.wait(5)

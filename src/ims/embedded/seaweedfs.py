@@ -40,6 +40,7 @@ class SeaweedFS:
         secret_key: str = "IMSLOCALSECRET",  # noqa: S107 - a loopback-only development credential
         s3_port: int | None = None,
         die_with_parent: bool = False,
+        address: str = "127.0.0.1",
     ) -> None:
         self._fixed_s3_port = s3_port is not None
         self.data_dir = data_dir
@@ -47,11 +48,13 @@ class SeaweedFS:
         self.secret_key = secret_key
         self.s3_port = s3_port or free_port()
         self.die_with_parent = die_with_parent
+        # Where S3 (and weed's other ports) listen: loopback unless other hosts must reach it (remote build nodes).
+        self.address = address
         self.process: subprocess.Popen[bytes] | None = None
 
     @property
     def endpoint(self) -> str:
-        return f"http://127.0.0.1:{self.s3_port}"
+        return f"http://{self.address}:{self.s3_port}"
 
     def s3_config(self) -> S3Config:
         return S3Config(endpoint=self.endpoint, access_key=self.access_key, secret_key=self.secret_key)
@@ -93,8 +96,8 @@ class SeaweedFS:
             weed_binary(),
             "mini",
             f"-dir={self.data_dir / 'data'}",
-            "-ip=127.0.0.1",
-            "-ip.bind=127.0.0.1",
+            f"-ip={self.address}",
+            f"-ip.bind={self.address}",
             f"-s3.config={config}",
             f"-s3.port={self.s3_port}",
             *(f"-{name}={port}" for name, port in ports.items()),
@@ -116,7 +119,7 @@ class SeaweedFS:
         log.close()
         store = ArtifactStore(self.s3_config())
         deadline = time.monotonic() + timeout
-        while not (wait_for_port("127.0.0.1", self.s3_port, 0.5) and store.ping()):
+        while not (wait_for_port(self.address, self.s3_port, 0.5) and store.ping()):
             if self.process.poll() is not None:
                 return False
             if time.monotonic() > deadline:

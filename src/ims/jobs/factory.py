@@ -60,10 +60,14 @@ class JobRunners:
         return self.local.job_dir(job_id)
 
 
-def make_runner(settings: Settings, database: Database | None = None) -> Runner:
+def make_runner(settings: Settings, database: Database | None = None, *, worker: bool = False) -> Runner:
+    """`worker`: for the job worker, which launches jobs (it makes the remote code bundle ahead of time)."""
     if settings.job_runner == "local":
         local = LocalRunner(settings.effective_jobs_dir)
         if database is None:
             return local
-        return JobRunners(local, RemoteNodeRunner(settings.effective_jobs_dir, database, settings))
+        remote = RemoteNodeRunner(settings.effective_jobs_dir, database, settings)
+        if worker:
+            remote.warm()
+        return JobRunners(local, remote)
     raise ValueError(f"unknown IMS_JOB_RUNNER {settings.job_runner!r} (known: {', '.join(RUNNERS)})")

@@ -20,6 +20,7 @@ IMS_REMOTE_LOST_SECONDS (30 s by default: well inside the 60 s the job may take 
 from __future__ import annotations
 
 import base64
+import ipaddress
 import json
 import logging
 import os
@@ -37,6 +38,7 @@ from ims.jobs.logs import append_line
 from ims.jobs.remote_ssh import NodeRefused, NodeSsh, SshResult
 from ims.jobs.runner import Exit, JobSpec, RunnerError, RunnerHandle
 from ims.settings import Settings
+from ims.store import repository
 from ims.store.db import Database
 
 log = logging.getLogger(__name__)
@@ -237,7 +239,7 @@ class RemoteNodeRunner:
         append_line(log_path, f"starting stage `{spec.stage}` on node {node} in {remote_dir(job_id)}")
         self.write_state(job_id, node=node, offset=0)
         try:
-            code = remote_bundle.bundle(Path(os.path.abspath(self.settings.data_dir)) / "remote")
+            code = remote_bundle.bundle(self.bundle_dir)
         except Exception as exc:
             raise RunnerError(f"could not make the job's code bundle: {exc}") from exc
         try:
@@ -247,7 +249,10 @@ class RemoteNodeRunner:
             if not unpacked.ok:
                 raise RunnerError(f"could not ship the job's code to node {node}: {unpacked.error()}")
             env = {name: value for name, value in spec.env.items() if name not in NEVER_SENT}
-            started = self.agent(node, job_id, "start", spec.stage, input=json.dumps(env).encode(), timeout=60)
+            if "IMS_SSH_LISTEN" in env:  # the job's sshd listens on the node's address, not this host's
+                env["IMS_SSH_LISTEN"] = node if _is_address(node) else "0.0.0.0"  # noqa: S104
+            deadman = f"{self.deadman_seconds:g}"
+            started = self.agent(node, job_id, "start", spec.stage, deadman, input=json.dumps(env).encode(), timeout=60)
         except NodeRefused as exc:
             raise RunnerError(str(exc)) from None
         answer = _json(started)
@@ -264,6 +269,29 @@ class RemoteNodeRunner:
         append_line(log_path, f"node {node} runs the job as pid {handle.pid}")
         self._monitor(job_id, handle)
         return handle
+
+    def warm(self) -> None:
+        """Make the code bundle ahead of the first remote job (in the background; only when nodes exist)."""
+
+        def make() -> None:
+            try:
+                with self.ssh.database.read() as conn:
+                    if not repository.remote_build_nodes.fetch(conn):
+                        return
+                remote_bundle.bundle(self.bundle_dir)
+            except Exception:
+                log.warning("the job code bundle could not be made ahead of time", exc_info=True)
+
+        threading.Thread(target=make, name="ims-remote-bundle", daemon=True).start()
+
+    @property
+    def bundle_dir(self) -> Path:
+        return Path(os.path.abspath(self.settings.data_dir)) / "remote"
+
+    @property
+    def deadman_seconds(self) -> float:
+        """How long the node waits for IMS's next poll before it stops the job itself (IMS gave it up)."""
+        return 2 * self.settings.remote_lost_seconds
 
     def can_watch(self, handle: RunnerHandle) -> bool:
         # Any IMS host reaches the node: a restarted (or another) IMS adopts the job.
@@ -336,6 +364,14 @@ class RemoteNodeRunner:
                 shutil.rmtree(directory)
         if problem:
             raise RunnerError(problem)
+
+
+def _is_address(text: str) -> bool:
+    try:
+        ipaddress.ip_address(text)
+    except ValueError:
+        return False
+    return True
 
 
 def _job_id_of(handle: RunnerHandle) -> str:

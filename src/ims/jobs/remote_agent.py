@@ -3,12 +3,16 @@
 It comes to the node in the job's code bundle (ims.jobs.remote_bundle) at `/tmp/ims_<job_id>/code` and
 is run over SSH by the RemoteNodeRunner:
 
-- `start JOB_ID STAGE`: the job's environment arrives as JSON on stdin (never on a command line or on
-  disk); a supervisor in its own session starts `python3 -m ims.jobs.nsinit -- python3 -m ims.stages
+- `start JOB_ID STAGE DEADMAN`: the job's environment arrives as JSON on stdin (never on a command line or
+  on disk); a supervisor in its own session starts `python3 -m ims.jobs.nsinit -- python3 -m ims.stages
   STAGE` in `/tmp/ims_<job_id>/image` with exactly that environment, its output in `job.log`, and writes
   the stage's exit status to `exit` when it ends. Prints `{"pid", "start", "boot"}` of the supervisor.
+  When IMS has not polled for DEADMAN seconds (it lost the node, or was gone for that long) the
+  supervisor stops the job and removes its directory itself: nothing is left behind on a node IMS
+  cannot reach.
 - `poll JOB_ID PID START OFFSET`: `{"alive", "exit", "boot", "offset", "log"}`: whether the supervisor
   still runs, the exit status once written, and the log bytes from OFFSET (base64, at most 512 KiB).
+  Every poll is also IMS's sign of life for the dead man's switch (the time of `seen`).
 - `stop JOB_ID PID START GRACE`: SIGTERM to the supervisor (it forwards to the stage), SIGKILL to the job's
   process tree after GRACE seconds.
 - `cleanup JOB_ID`: remove `/tmp/ims_<job_id>` (refused while something is mounted below it).
@@ -51,14 +55,15 @@ def _write_atomic(path: Path, text: str) -> None:
     os.replace(scratch, path)
 
 
-def start(job_id: str, stage: str) -> int:
+def start(job_id: str, stage: str, deadman: str) -> int:
     directory = job_dir(job_id)
+    (directory / "seen").touch()
     env = json.loads(sys.stdin.read())
     if not isinstance(env, dict) or not all(isinstance(v, str) for v in env.values()):
         raise SystemExit("the job environment must be a JSON object of strings")
     code = directory / "code"
     supervisor = subprocess.Popen(
-        [sys.executable, "-m", "ims.jobs.remote_agent", "supervise", job_id, stage],
+        [sys.executable, "-m", "ims.jobs.remote_agent", "supervise", job_id, stage, str(float(deadman))],
         stdin=subprocess.PIPE,
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
@@ -80,7 +85,7 @@ def start(job_id: str, stage: str) -> int:
     return 0
 
 
-def supervise(job_id: str, stage: str) -> int:
+def supervise(job_id: str, stage: str, deadman: float) -> int:
     directory = job_dir(job_id)
     given = json.loads(sys.stdin.read())
     image = directory / "image"
@@ -104,17 +109,46 @@ def supervise(job_id: str, stage: str) -> int:
         signal.signal(signum, forward)
     while True:
         try:
-            code = process.wait()
+            code = process.wait(timeout=5)
             break
-        except InterruptedError:  # pragma: no cover - PEP 475 retries; kept for old interpreters
-            continue
+        except subprocess.TimeoutExpired:
+            pass
+        try:
+            quiet = time.time() - (directory / "seen").stat().st_mtime
+        except OSError:
+            quiet = 0.0
+        if quiet > deadman:
+            _abandon(directory, process, quiet)
+            return 0
     code = 128 - code if code < 0 else code
     _write_atomic(directory / "exit", str(code))
     return 0
 
 
+def _abandon(directory: Path, process: subprocess.Popen[bytes], quiet: float) -> None:
+    """IMS has been silent too long: it gave the job up. Stop the job and leave nothing behind."""
+    with (directory / "job.log").open("a") as out:
+        out.write(f"ims-agent: no word from IMS for {quiet:.0f} s: stopping the job and removing {directory}\n")
+    launcher = process.pid
+    init = first_child(launcher)
+    with contextlib.suppress(ProcessLookupError):
+        os.kill(launcher, signal.SIGTERM)
+    try:
+        process.wait(timeout=15)
+    except subprocess.TimeoutExpired:
+        for target in (launcher, init):
+            if target is not None:
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(target, signal.SIGKILL)
+        process.wait()
+    if not mounts_under(directory):
+        shutil.rmtree(directory, ignore_errors=True)
+
+
 def poll(job_id: str, pid: int, start_tick: int, offset: int) -> int:
     directory = job_dir(job_id)
+    with contextlib.suppress(OSError):
+        (directory / "seen").touch()
     answer: dict[str, object] = {"alive": _alive(pid, start_tick), "boot": boot_id(), "exists": directory.is_dir()}
     exit_file = directory / "exit"
     answer["exit"] = int(exit_file.read_text().strip()) if exit_file.exists() else None
@@ -179,9 +213,9 @@ def main(argv: list[str]) -> int:
         return 2
     command, job_id, rest = argv[0], argv[1], argv[2:]
     if command == "start":
-        return start(job_id, rest[0])
+        return start(job_id, rest[0], rest[1])
     if command == "supervise":
-        return supervise(job_id, rest[0])
+        return supervise(job_id, rest[0], float(rest[1]))
     if command == "poll":
         return poll(job_id, int(rest[0]), int(rest[1]), int(rest[2]))
     if command == "stop":

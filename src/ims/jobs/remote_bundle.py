@@ -25,11 +25,11 @@ from pathlib import Path
 
 import ims
 
-# What the stages import, listed by importing them in a clean interpreter.
+# What the stages import (ims.stages and everything it reaches), listed by importing them in a clean interpreter.
 _LIST_IMPORTS = r"""
 import importlib, json, pkgutil, sys
-import ims.stages, ims.client, ims.domain
-for package in (ims.stages, ims.client, ims.domain):
+import ims.stages
+for package in (ims.stages,):
     for info in pkgutil.walk_packages(package.__path__, package.__name__ + "."):
         try:
             importlib.import_module(info.name)
@@ -59,7 +59,10 @@ def _top_level_paths(names: list[str]) -> list[Path]:
     for name in names:
         if name in stdlib or name == "ims" or name.startswith("_"):
             continue
-        spec = importlib.util.find_spec(name)
+        try:
+            spec = importlib.util.find_spec(name)
+        except (ImportError, ValueError):  # modules made at run time by extensions (cython_runtime)
+            continue
         if spec is None or spec.origin in (None, "built-in", "frozen"):
             continue
         if spec.submodule_search_locations:

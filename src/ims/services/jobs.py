@@ -14,7 +14,7 @@ from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
-from ims.artifacts.s3 import ArtifactError
+from ims.artifacts.s3 import ArtifactError, ArtifactUnavailable
 from ims.domain import schemas
 from ims.domain.errors import BadRequest, NotFound, Unavailable, ValidationFailed
 from ims.domain.jobs import (
@@ -252,6 +252,8 @@ class JobService:
         head_artifact(self.ctx, link)
         try:
             manifest = read_manifest(self.ctx, link)
+        except ArtifactUnavailable as exc:
+            raise Unavailable(f"S3 is not available: {exc}") from exc
         except ArtifactError:
             raise _corrupt_manifest(artifact_id) from None  # the original answers 500 here
         rootfs = self._rootfs(artifact_id, manifest)
@@ -399,7 +401,7 @@ def start_job_workers(ctx: ServiceContext) -> Callable[[], None]:
     """WORKER_HOOKS entry: the job worker (with its reconciler) for this process."""
     try:
         parse_range(ctx.settings.job_ssh_ports)
-        runner = make_runner(ctx.settings, ctx.database)
+        runner = make_runner(ctx.settings, ctx.database, worker=True)
     except ValueError as exc:
         raise SystemExit(f"ims: {exc}") from None
     ensure_node_key(ctx.settings)
