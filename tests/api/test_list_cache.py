@@ -260,6 +260,7 @@ def check_processes_share_one_view(first: ImsServer, second: ImsServer, artifact
         assert {owner.split(":")[1] for owner in owners} == {str(first.process.pid)}
 
 
+@pytest.mark.slow
 def test_two_servers_on_one_sqlite_file(work_root: Path, s3_env: dict[str, str], artifact_store: ArtifactStore) -> None:
     data_dir = work_root / f"ims-two-{uuid.uuid4().hex[:8]}"
     first = start_ims_server(data_dir, s3_env, args=["--workers", "2"])
@@ -271,6 +272,7 @@ def test_two_servers_on_one_sqlite_file(work_root: Path, s3_env: dict[str, str],
         first.stop()
 
 
+@pytest.mark.slow
 @pytest.mark.postgres
 def test_two_replicas_on_postgresql(
     work_root: Path, s3_env: dict[str, str], postgres: PostgresCluster, artifact_store: ArtifactStore

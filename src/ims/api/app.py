@@ -17,7 +17,7 @@ from starlette.routing import Match
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from ims import __version__
-from ims.api import auth, docs
+from ims.api import auth, caching, docs
 from ims.api.deps import Services
 from ims.api.http import MSG_METHOD, MSG_NOT_FOUND_URL, RawHttpError, problem, problem_from
 from ims.api.routers import health, job_artifacts, records, remote_nodes
@@ -138,6 +138,7 @@ def create_app(services: Services, *, start_workers: Callable[[], Callable[[], N
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         stop = start_workers() if start_workers is not None else None
+        health.start_probe(app)
         try:
             yield
         finally:
@@ -172,6 +173,7 @@ def create_app(services: Services, *, start_workers: Callable[[], Callable[[], N
             hook(app, prefix, version)
 
     _install_error_handlers(app)
+    caching.install(app, services)  # cached GETs answered before routing (innermost middleware)
     app.add_middleware(BodySizeLimit, limit=services.ctx.settings.max_body_bytes)
     app.add_middleware(HeadAndOptions, router=app.router)
     app.add_middleware(RefuseNul)

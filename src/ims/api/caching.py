@@ -19,16 +19,20 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import re
 from collections import OrderedDict
 from collections.abc import Callable, Hashable
 from typing import Any
 
 import orjson
-from fastapi import Request
+from fastapi import FastAPI, Request
 from fastapi.responses import Response
 from starlette.concurrency import run_in_threadpool
+from starlette.middleware import Middleware
+from starlette.types import ASGIApp, Receive, Scope, Send
 
-from ims.api.deps import services
+from ims.api.deps import Services, services
+from ims.domain.errors import ImsError
 from ims.services.reads import Reads
 
 # Per process; a list of 10,000 images is about 1.8 MB, one image about 150 bytes.
@@ -209,3 +213,95 @@ async def cached_record(request: Request, collection: str, record_id: str, *, de
     """A record GET of `collection` from the cache, with ETag and 304."""
     key = ("deleted-get" if deleted else "get", record_id)
     return respond(request, await response_cache(request).record(collection, key, record_id, deleted=deleted))
+
+
+# --- answering the hot GETs before routing
+_RESOURCES = {"images": "images", "recipes": "recipes", "public-keys": "public_keys", "jobs": "jobs"}
+_FAST_PATH = re.compile(r"^(?:/v2|/v3)?/(images|recipes|public-keys|jobs)(?:/([^/]+))?$")
+_FAST_DELETED = re.compile(r"^/v3/deleted/(images|recipes|public-keys)(?:/([^/]+))?$")
+
+
+class FastReads:
+    """Innermost user middleware: a GET of a record or of a whole list (no query string), from an anonymous
+    caller where anonymous callers may read (IMS_AUTH=none, no Authorization header), is answered from the
+    cache before routing, the same bytes and headers the route gives (the route's share of a cached GET is most
+    of its cost). Everything else, a record that is not there included, goes on to the routes unchanged; the
+    middlewares outside this one (size limits, HEAD, audit, metrics) still see every request."""
+
+    def __init__(self, app: ASGIApp, services: Services, jobs: bool = True) -> None:
+        self.app = app
+        self.services = services
+        self.enabled = services.ctx.settings.auth_mode == "none"
+        self.jobs = jobs
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if (
+            not self.enabled
+            or scope["type"] != "http"
+            or scope["method"] != "GET"
+            or scope.get("query_string")
+            or any(name == b"authorization" for name, _ in scope["headers"])
+        ):
+            await self.app(scope, receive, send)
+            return
+        path = scope["path"]
+        deleted = False
+        match = _FAST_PATH.match(path)
+        if match is None:
+            match = _FAST_DELETED.match(path)
+            deleted = match is not None
+            if match is None:
+                await self.app(scope, receive, send)
+                return
+        collection, record_id = _RESOURCES[match.group(1)], match.group(2)
+        if collection == "jobs" and not self.jobs:
+            await self.app(scope, receive, send)
+            return
+        cache = self._cache()
+        try:
+            if record_id is not None:
+                key = ("deleted-get" if deleted else "get", record_id)
+                entry = await cache.record(collection, key, record_id, deleted=deleted)
+            else:
+                load = self._loader(collection, deleted)
+                # The keys the routes use for a list without query parameters.
+                list_key: Hashable = ("deleted-list" if deleted else "list", None, 0)
+                if collection == "jobs":
+                    list_key = ("list", (), None, None, 0)
+                record_key = "deleted-get" if deleted else "get"
+                entry = await cache.listing(collection, list_key, load, record_key=record_key)
+        except ImsError:
+            await self.app(scope, receive, send)  # the route answers it, exactly as before
+            return
+        header = next((value for name, value in scope["headers"] if name == b"if-none-match"), None)
+        response = (
+            Response(status_code=304, headers={"ETag": entry.etag})
+            if header is not None and etag_matches(header.decode("latin-1"), entry.etag)
+            else Response(entry.body, media_type=_JSON, headers={"ETag": entry.etag})
+        )
+        await response(scope, receive, send)
+
+    def _cache(self) -> ResponseCache:
+        cache = self.services.extra.get("response_cache")
+        if cache is None:
+            cache = self.services.extra.setdefault("response_cache", ResponseCache(Reads(self.services.ctx.database)))
+        return cache  # type: ignore[no-any-return]
+
+    def _loader(self, collection: str, deleted: bool) -> Callable[[], list[dict[str, Any]]]:
+        if collection == "jobs":
+            from ims.api.routers.jobs import jobs_of
+
+            jobs = jobs_of(self.services)
+            return lambda: jobs.list(statuses=None, job_type=None, limit=None, offset=0)
+        service = getattr(self.services, collection)
+        return lambda: service.list(deleted=deleted, limit=None, offset=0)  # type: ignore[no-any-return]
+
+
+def install(app: FastAPI, services: Services) -> None:
+    """Add FastReads as the innermost user middleware (call from create_app after the routes, before the app
+    starts); /jobs only where its routes are mounted."""
+    from ims.api.app import ROUTER_HOOKS  # loaded: create_app is calling
+    from ims.api.routers import jobs as jobs_router
+
+    jobs = jobs_router.mount in ROUTER_HOOKS
+    app.user_middleware.append(Middleware(FastReads, services=services, jobs=jobs))  # type: ignore[arg-type]

@@ -7,7 +7,7 @@ from fastapi.responses import JSONResponse, Response, StreamingResponse
 
 from ims.api import docs, models
 from ims.api.caching import cached_list, cached_record
-from ims.api.deps import call, services
+from ims.api.deps import Services, call, services
 from ims.api.http import no_content, ok, read_json
 from ims.domain.jobs import JOB_STATUSES
 from ims.domain.validation import INT_MAX
@@ -15,7 +15,10 @@ from ims.services.jobs import JobService
 
 
 def job_service(request: Request) -> JobService:
-    found = services(request)
+    return jobs_of(services(request))
+
+
+def jobs_of(found: Services) -> JobService:
     service = found.extra.get("jobs")
     if service is None:
         service = found.extra.setdefault("jobs", JobService(found.ctx))
