@@ -54,6 +54,12 @@ class Settings(BaseSettings):
     squashfs_compressor: str = Field(default="zstd", validation_alias="IMS_SQUASHFS_COMPRESSOR")
     ca_cert_file: Path | None = Field(default=None, validation_alias="IMS_CA_CERT_FILE")
     api_url: str = Field(default="", validation_alias="IMS_API_URL")
+    # Hardening (issue 10): S3 calls made while a request waits, health probes, HTTP keep-alive, jobs.
+    s3_request_timeout: float = Field(default=5.0, gt=0, validation_alias="IMS_S3_REQUEST_TIMEOUT")
+    s3_request_concurrency: int = Field(default=8, ge=1, validation_alias="IMS_S3_REQUEST_CONCURRENCY")
+    health_probe_seconds: float = Field(default=2.0, gt=0, validation_alias="IMS_HEALTH_PROBE_SECONDS")
+    keepalive_seconds: float = Field(default=75.0, gt=0, validation_alias="IMS_KEEPALIVE_SECONDS")
+    job_api_give_up_seconds: float = Field(default=300.0, gt=0, validation_alias="IMS_JOB_API_GIVE_UP_SECONDS")
     # Authentication (docs/auth.md). Unset means `none`, which `ims serve` accepts only on a loopback address.
     auth: str = Field(default="", validation_alias="IMS_AUTH")
     oidc_issuer: str = Field(default="", validation_alias="IMS_OIDC_ISSUER")
@@ -64,7 +70,6 @@ class Settings(BaseSettings):
     oidc_read_only_role: str = Field(default="read-only", validation_alias="IMS_OIDC_READ_ONLY_ROLE")
     oidc_clock_skew: float = Field(default=30.0, ge=0, le=3600, validation_alias="IMS_OIDC_CLOCK_SKEW")
     oidc_jwks_refresh_seconds: float = Field(default=30.0, ge=0, validation_alias="IMS_OIDC_JWKS_REFRESH_SECONDS")
-    oidc_ca_file: Path | None = Field(default=None, validation_alias="IMS_OIDC_CA_FILE")  # else the system's CAs
     # Remote build nodes (docs/remote-nodes.md): IMS's SSH key (made in the data dir when not given), probes.
     remote_node_key: Path | None = Field(default=None, validation_alias="IMS_REMOTE_NODE_KEY")
     remote_probe_timeout: float = Field(default=5.0, gt=0, validation_alias="IMS_REMOTE_PROBE_TIMEOUT")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 
 import httpx
@@ -54,7 +55,10 @@ def test_ready_answers_503_while_s3_is_down(tmp_path: Path) -> None:
         with httpx.Client(base_url=server.url, timeout=30) as client:
             assert client.get("/healthz/ready").status_code == 200
             s3.stop()
-            response = client.get("/healthz/ready")
+            # Ready is a cached probe (every IMS_HEALTH_PROBE_SECONDS): it notices within a few seconds.
+            deadline = time.monotonic() + 10
+            while (response := client.get("/healthz/ready")).status_code == 200 and time.monotonic() < deadline:
+                time.sleep(0.2)
             assert response.status_code == 503
             assert response.json() == {"database": True, "s3": False}
             assert client.get("/healthz/live").json() == {}

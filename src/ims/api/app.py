@@ -138,6 +138,7 @@ def create_app(services: Services, *, start_workers: Callable[[], Callable[[], N
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         stop = start_workers() if start_workers is not None else None
+        health.start_probe(app)
         try:
             yield
         finally:

@@ -5,6 +5,8 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import threading
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -31,7 +33,49 @@ class ArtifactError(Exception):
 
 
 class ArtifactMissing(ArtifactError):
-    pass
+    """S3 said so: 404 / NoSuchKey. The only error that means an object is not there."""
+
+
+class ArtifactUnavailable(ArtifactError):
+    """S3 could not be reached or failed (connection, timeout, 5xx, a busy request pool): try again later."""
+
+
+class ArtifactCorrupt(ArtifactError):
+    """The object is there but is not what it should be (e.g. a manifest that is not JSON)."""
+
+
+# Every S3 call that failed, by operation and kind; the metrics endpoint reads it.
+S3_ERRORS: dict[tuple[str, str], int] = {}
+_S3_ERRORS_LOCK = threading.Lock()
+
+
+def count_error(operation: str, kind: str) -> None:
+    with _S3_ERRORS_LOCK:
+        S3_ERRORS[(operation, kind)] = S3_ERRORS.get((operation, kind), 0) + 1
+
+
+def is_transient(exc: BaseException) -> bool:
+    """Whether an S3 failure is worth retrying: unreachable, timed out, throttled or a server error."""
+    if isinstance(exc, ArtifactUnavailable):
+        return True
+    if isinstance(exc, ArtifactMissing | ArtifactCorrupt):
+        return False
+    if isinstance(exc, ArtifactError):
+        return isinstance(exc.__cause__, Exception) and is_transient(exc.__cause__)
+    if isinstance(exc, BotoCoreError):
+        return True
+    if isinstance(exc, ClientError):
+        return _status(exc) in (0, 429) or _status(exc) >= 500
+    return isinstance(exc, ConnectionError | TimeoutError)
+
+
+def _failure(operation: str, exc: Exception) -> ArtifactError:
+    """Wrap a boto error: transient ones as ArtifactUnavailable, the rest as ArtifactError."""
+    if is_transient(exc):
+        count_error(operation, "unavailable")
+        return ArtifactUnavailable(f"S3 {operation} failed: {exc}")
+    count_error(operation, "error")
+    return ArtifactError(str(exc))
 
 
 class ArtifactTooLarge(ArtifactError):
@@ -47,6 +91,7 @@ class S3Config:
     connect_timeout: float = 60
     read_timeout: float = 60
     url_expiration: int = 432000
+    max_attempts: int = 3
 
 
 @dataclass(frozen=True)
@@ -70,7 +115,7 @@ def make_client(config: S3Config) -> Any:
             s3={"addressing_style": "path"},
             connect_timeout=config.connect_timeout,
             read_timeout=config.read_timeout,
-            retries={"max_attempts": 3, "mode": "standard"},
+            retries={"max_attempts": config.max_attempts, "mode": "standard"},
             max_pool_connections=32,
         ),
     )
@@ -104,11 +149,12 @@ class ArtifactStore:
         try:
             reply = self.client.head_object(Bucket=location.bucket, Key=location.key)
         except ClientError as exc:
-            if _status(exc) in (404, 403, 400) or _code(exc) in ("404", "NoSuchKey", "NotFound", "NoSuchBucket"):
+            # Only S3 saying "not there" means missing; anything else (503, 403, a timeout) is an error.
+            if _status(exc) == 404 or _code(exc) in ("404", "NoSuchKey", "NotFound", "NoSuchBucket"):
                 return None
-            raise ArtifactError(str(exc)) from exc
+            raise _failure("head", exc) from exc
         except BotoCoreError as exc:
-            raise ArtifactError(str(exc)) from exc
+            raise _failure("head", exc) from exc
         return ObjectInfo(
             etag=str(reply.get("ETag", "")).strip('"'),
             size=int(reply.get("ContentLength", 0)),
@@ -120,23 +166,26 @@ class ArtifactStore:
         try:
             reply = self.client.get_object(Bucket=location.bucket, Key=location.key)
         except ClientError as exc:
-            if _status(exc) == 404:
+            if _status(exc) == 404 or _code(exc) in ("NoSuchKey", "NoSuchBucket"):
                 raise ArtifactMissing(location.url) from exc
-            raise ArtifactError(str(exc)) from exc
+            raise _failure("get", exc) from exc
         except BotoCoreError as exc:
-            raise ArtifactError(str(exc)) from exc
+            raise _failure("get", exc) from exc
         if max_size is not None and int(reply.get("ContentLength", 0)) >= max_size:
             reply["Body"].close()
             raise ArtifactTooLarge(location.url)
-        body: bytes = reply["Body"].read()
+        try:
+            body: bytes = reply["Body"].read()
+        except (BotoCoreError, OSError) as exc:
+            raise ArtifactUnavailable(f"S3 get of {location.url} broke off: {exc}") from exc
         return body
 
     def read_json(self, location: S3Location, max_size: int | None = None) -> Any:
         data = self.read_bytes(location, max_size)
         try:
             return json.loads(data.decode("utf-8"))
-        except (UnicodeDecodeError, ValueError) as exc:
-            raise ArtifactError(f"{location.url} is not JSON: {exc}") from exc
+        except (UnicodeDecodeError, ValueError, RecursionError) as exc:
+            raise ArtifactCorrupt(f"{location.url} is not JSON: {exc}") from exc
 
     def presign_get(self, location: S3Location, expires: int | None = None) -> str:
         url: str = self.client.generate_presigned_url(
@@ -277,7 +326,9 @@ class ArtifactStore:
             self.client.list_buckets()
             return True
         except Exception:
+            count_error("ping", "unavailable")
             return False
+
 
     # --- multipart uploads a job makes through presigned URLs (ims.services.job_uploads)
     def create_multipart_upload(self, location: S3Location, content_type: str) -> str:
@@ -335,16 +386,6 @@ class ArtifactStore:
         except (ClientError, BotoCoreError) as exc:
             raise _upload_error(exc, location) from exc
 
-    def abort_uploads_under(self, bucket: str, prefix: str) -> int:
-        """Abort every unfinished multipart upload to a key under `prefix` (a job that ended mid-upload)."""
-        aborted = 0
-        paginator = self.client.get_paginator("list_multipart_uploads")
-        for page in paginator.paginate(Bucket=bucket, Prefix=prefix):
-            for upload in page.get("Uploads", []):
-                self.client.abort_multipart_upload(Bucket=bucket, Key=upload["Key"], UploadId=upload["UploadId"])
-                aborted += 1
-        return aborted
-
 
 class ArtifactRejected(ArtifactError):
     """S3 refused what the caller sent (a wrong part list, a part too small): the caller's mistake."""
@@ -366,3 +407,56 @@ def _status(exc: ClientError) -> int:
 
 def _code(exc: ClientError) -> str:
     return str(exc.response.get("Error", {}).get("Code", ""))
+
+
+class GuardedStore:
+    """The S3 calls made while a request waits: short timeouts, no retries, a bounded number at once and a
+    breaker. While S3 hangs, at most `concurrency` request threads wait (each for at most the timeout); the
+    others, and every call while the breaker is open, fail at once with ArtifactUnavailable (a 503), so
+    requests that need no S3 keep their threads."""
+
+    def __init__(self, store: ArtifactStore, concurrency: int = 8, breaker_seconds: float = 5.0) -> None:
+        self.store = store
+        self.config = store.config
+        self._slots = threading.BoundedSemaphore(concurrency)
+        self._breaker_seconds = breaker_seconds
+        self._open_until = 0.0
+
+    def _guard(self, operation: str, call: Callable[[], Any]) -> Any:
+        if time.monotonic() < self._open_until:
+            count_error(operation, "fast_fail")
+            raise ArtifactUnavailable("S3 is not answering (it failed moments ago); try again shortly")
+        if not self._slots.acquire(timeout=0.2):
+            count_error(operation, "busy")
+            raise ArtifactUnavailable("too many S3 calls are waiting for S3; try again shortly")
+        try:
+            result = call()
+        except ArtifactUnavailable:
+            self._open_until = time.monotonic() + self._breaker_seconds
+            raise
+        finally:
+            self._slots.release()
+        self._open_until = 0.0
+        return result
+
+    def mark_up(self) -> None:
+        self._open_until = 0.0
+
+    def mark_down(self) -> None:
+        self._open_until = time.monotonic() + self._breaker_seconds
+
+    def head(self, location: S3Location) -> ObjectInfo | None:
+        result: ObjectInfo | None = self._guard("head", lambda: self.store.head(location))
+        return result
+
+    def read_json(self, location: S3Location, max_size: int | None = None) -> Any:
+        return self._guard("get", lambda: self.store.read_json(location, max_size))
+
+    def presign_get(self, location: S3Location, expires: int | None = None) -> str:
+        return self.store.presign_get(location, expires)
+
+    def ping(self) -> bool:
+        ok = self.store.ping()
+        if ok:
+            self.mark_up()
+        return ok

@@ -12,12 +12,14 @@ import threading
 import time
 import uuid
 from collections.abc import Callable
+from typing import Any
 
 from fastapi import FastAPI
 
 from ims.api.app import ROUTER_HOOKS, create_app
 from ims.api.deps import Services
 from ims.api.routers import jobs as jobs_router
+from ims.artifacts.s3 import is_transient
 from ims.services import artifact_tasks
 from ims.services import jobs as jobs_service
 from ims.services.context import ServiceContext
@@ -75,6 +77,7 @@ def start_workers(ctx: ServiceContext) -> Stopper:
         artifact_tasks.handlers(ctx),
         lease_seconds=ctx.settings.task_lease_seconds,
         poll_seconds=ctx.settings.task_poll_seconds,
+        is_transient=is_transient,
     )
     ctx.on_task_queued.append(worker.wake)
     worker.start()
@@ -152,6 +155,12 @@ def build_app(settings: Settings | None = None, *, migrate_first: bool = False) 
     return app
 
 
+def _http_options(settings: Settings) -> dict[str, Any]:
+    """Idle keep-alive longer than clients' poll intervals and load balancers' idle timeouts (60 s): with
+    uvicorn's 5 s, a client polling every 5 s reused a connection just as the server closed it."""
+    return {"timeout_keep_alive": max(1, round(settings.keepalive_seconds))}
+
+
 def serve(host: str, port: int, workers: int | None = None) -> None:
     workers = workers or default_workers()
     import uvicorn
@@ -176,7 +185,7 @@ def serve(host: str, port: int, workers: int | None = None) -> None:
         os.environ["IMS_RUN_WORKERS"] = "false"
         try:
             uvicorn.run("ims.cli.serve:build_app", factory=True, host=host, port=port, workers=workers,
-                        log_level=settings.log_level.lower(), access_log=False)
+                        log_level=settings.log_level.lower(), access_log=False, **_http_options(settings))
         finally:
             if stop_wake is not None:
                 stop_wake()
@@ -186,7 +195,7 @@ def serve(host: str, port: int, workers: int | None = None) -> None:
                 ctx.database.dispose()
     else:
         uvicorn.run(build_app(settings), host=host, port=port, log_level=settings.log_level.lower(),
-                    access_log=False)
+                    access_log=False, **_http_options(settings))
 
 
 def run_worker() -> None:

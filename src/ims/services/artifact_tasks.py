@@ -1,11 +1,15 @@
-"""Handlers of the queued S3 work. Each is safe to run again after a crash part-way through."""
+"""Handlers of the queued S3 work. Each is safe to run again after a crash part-way through.
+
+Only S3 saying "no such key" (ArtifactMissing) counts as missing, and only a manifest that is there but not
+JSON (ArtifactCorrupt) as unreadable; any other failure (S3 stopped, hung, restarting, 5xx) propagates, so
+the task is retried with backoff and never marked done with work left."""
 
 from __future__ import annotations
 
 import logging
 from typing import Any
 
-from ims.artifacts.s3 import ArtifactError, ArtifactMissing
+from ims.artifacts.s3 import ArtifactCorrupt, ArtifactMissing
 from ims.domain.links import S3Location
 from ims.domain.manifest import MIME_MANIFEST, build_manifest
 from ims.domain.timeutil import parse_timestamp
@@ -55,7 +59,7 @@ def soft_delete_image(ctx: ServiceContext, payload: dict[str, Any]) -> None:
             _restore_original_link(ctx, payload)
             return
         manifest = ctx.artifacts.read_json(moved)
-    except ArtifactError:
+    except ArtifactCorrupt:
         log.warning("image %s: manifest %s unreadable; link kept", payload["id"], manifest_location.url)
         _restore_original_link(ctx, payload)
         return
@@ -121,8 +125,8 @@ def delete_image_artifacts(ctx: ServiceContext, payload: dict[str, Any]) -> None
     manifest_location = S3Location.parse(payload["manifest"])
     try:
         manifest = ctx.artifacts.read_json(manifest_location)
-    except ArtifactError:
-        log.warning("%s unreadable; only it is removed", manifest_location.url)
+    except (ArtifactMissing, ArtifactCorrupt):
+        log.warning("%s missing or not JSON; only it is removed", manifest_location.url)
         ctx.artifacts.delete(manifest_location)
         return
     for artifact in manifest.get("artifacts", []) if isinstance(manifest, dict) else []:

@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
-from ims.artifacts.s3 import ArtifactStore, S3Config
+from ims.artifacts.s3 import ArtifactStore, GuardedStore, S3Config
 from ims.settings import Settings
 from ims.store.db import Database
 from ims.tasks.queue import TaskQueue
@@ -23,17 +23,33 @@ def s3_config_from(settings: Settings) -> S3Config:
     )
 
 
+def request_store(settings: Settings, store: ArtifactStore) -> GuardedStore:
+    """S3 for calls a request waits on: short timeouts, no retries, a bounded number at once."""
+    timeout = settings.s3_request_timeout
+    config = replace(
+        store.config,
+        connect_timeout=min(store.config.connect_timeout, timeout),
+        read_timeout=min(store.config.read_timeout, timeout),
+        max_attempts=1,
+    )
+    return GuardedStore(ArtifactStore(config), settings.s3_request_concurrency)
+
+
 @dataclass
 class ServiceContext:
     settings: Settings
     database: Database
+    # Background work (tasks, jobs): long timeouts and retries.
     artifacts: ArtifactStore
     queue: TaskQueue = field(init=False)
+    # What requests use (see request_store).
+    request_artifacts: GuardedStore = field(init=False)
     # Called after a transaction that queued work commits, so a worker in this process starts at once.
     on_task_queued: list[Any] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         self.queue = TaskQueue(self.database)
+        self.request_artifacts = request_store(self.settings, self.artifacts)
 
     def notify_tasks(self) -> None:
         for callback in self.on_task_queued:

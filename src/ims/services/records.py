@@ -1,6 +1,9 @@
 """Public keys, recipes and images: create, patch, list, soft delete, undelete and purge.
 
 Record changes commit at once; S3 renames and deletions are queued as tasks in the same transaction.
+No S3 call is made while a transaction is open: what a change needs from S3 (a link's object exists, a
+deleted manifest's content) is checked first, then the write transaction re-reads the record and applies
+the change (refusing it with 409 if the record changed in between).
 """
 
 from __future__ import annotations
@@ -10,9 +13,9 @@ from typing import Any
 
 from sqlalchemy import Connection
 
-from ims.artifacts.s3 import ArtifactError
+from ims.artifacts.s3 import ArtifactError, ArtifactUnavailable
 from ims.domain import schemas
-from ims.domain.errors import Conflict, NotFound, Unprocessable
+from ims.domain.errors import Conflict, NotFound, Unavailable, Unprocessable
 from ims.domain.links import link_location
 from ims.domain.manifest import MIME_MANIFEST
 from ims.domain.timeutil import format_timestamp, utcnow
@@ -48,6 +51,12 @@ def _same_link(stored: dict[str, Any] | None, sent: dict[str, Any]) -> bool:
     if stored is None:
         return False
     return all(stored.get(name, "") == sent.get(name, "") for name in ("path", "etag", "type"))
+
+
+def _unchanged(seen: dict[str, Any], record: dict[str, Any]) -> None:
+    """The record checked before the transaction is still the one being changed."""
+    if seen.get("link") != record.get("link"):
+        raise Conflict()
 
 
 class RecordService:
@@ -104,16 +113,29 @@ class RecordService:
         self.ctx.notify_tasks()
 
     def undelete(self, record_id: str) -> None:
+        with self.ctx.database.read() as conn:
+            seen = self.repo.get(conn, record_id, deleted=True)
+            if seen is None:
+                raise NotFound()
+            plan = self._undelete_facts(conn, seen)
+        plan = self._undelete_check(seen, plan)  # S3, outside any transaction
         with self.ctx.database.write() as conn:
             record = self._require(conn, record_id, deleted=True)
-            self._undelete(conn, record)
+            _unchanged(seen, record)
+            self._undelete(conn, record, plan)
         self.ctx.notify_tasks()
 
     def undelete_all(self) -> None:
         # One transaction: any failure leaves every record where it was (the original left duplicates).
+        with self.ctx.database.read() as conn:
+            seen = {r["id"]: (r, self._undelete_facts(conn, r)) for r in self.repo.fetch(conn, deleted=True)}
+        plans = {record_id: self._undelete_check(record, facts) for record_id, (record, facts) in seen.items()}
         with self.ctx.database.write() as conn:
             for record in self.repo.fetch(conn, deleted=True, for_update=True):
-                self._undelete(conn, record)
+                if record["id"] not in plans:
+                    continue  # deleted after the checks: left for the next undelete
+                _unchanged(seen[record["id"]][0], record)
+                self._undelete(conn, record, plans[record["id"]])
         self.ctx.notify_tasks()
 
     def purge(self, record_id: str) -> None:
@@ -136,12 +158,35 @@ class RecordService:
     def _hard_delete(self, conn: Connection, record: dict[str, Any], cascade: bool) -> None:
         self.repo.remove(conn, record["id"])
 
-    def _undelete(self, conn: Connection, record: dict[str, Any]) -> None:
+    def _undelete_facts(self, conn: Connection, record: dict[str, Any]) -> dict[str, Any]:
+        """What the undelete needs from the database before its S3 checks."""
+        return {"unfinished": has_unfinished(conn, resource_key(self.kind, record["id"]))}
+
+    def _undelete_check(self, record: dict[str, Any], facts: dict[str, Any]) -> dict[str, Any]:
+        """The S3 side of an undelete, outside any transaction; raises to refuse it."""
+        return facts
+
+    def _undelete(self, conn: Connection, record: dict[str, Any], plan: dict[str, Any]) -> None:
         record.pop("deleted", None)
         self.repo.save(conn, record)
 
     def _purge(self, conn: Connection, record: dict[str, Any]) -> None:
         self.repo.remove(conn, record["id"])
+
+    def _check_new_link(self, record_id: str, link: dict[str, Any] | None, check: Any) -> bool:
+        """Before a PATCH's transaction: check a link that would be set (S3), unless nothing would be
+        checked anyway (no link sent, the same link, or a record that already has one: 409 then)."""
+        if link is None:
+            return False
+        with self.ctx.database.read() as conn:
+            record = self.repo.get(conn, record_id)
+            if record is None:
+                raise NotFound()
+            if _same_link(record.get("link"), link) or record.get("link") is not None:
+                return False
+            check_link_unique(conn, self.repo, self.kind, link, record_id)
+        check(link)
+        return True
 
     def _new_record(self, fields: dict[str, Any]) -> dict[str, Any]:
         return {"id": str(uuid.uuid4()), "created": format_timestamp(utcnow()), **fields}
@@ -174,24 +219,29 @@ class RecipeService(RecordService):
                 "arch": fields["arch"],
             }
         )
+        if record["link"] is not None:
+            with self.ctx.database.read() as conn:
+                check_link_unique(conn, self.repo, "recipe", record["link"], None)
+            head_artifact(self.ctx, record["link"])
         with self.ctx.database.write() as conn:
             if record["link"] is not None:
                 check_link_unique(conn, self.repo, "recipe", record["link"], None)
-                head_artifact(self.ctx, record["link"])
             self.repo.insert(conn, record)
         return record
 
     def patch(self, record_id: str, body: Any) -> dict[str, Any]:
+        fields = schemas.load_input(schemas.RecipePatch(), body)
+        checked = self._check_new_link(record_id, fields.get("link"), lambda link: head_artifact(self.ctx, link))
         with self.ctx.database.write() as conn:
             record = self._require(conn, record_id)
-            fields = schemas.load_input(schemas.RecipePatch(), body)
             if "link" in fields:
                 link = fields.pop("link")
                 if not _same_link(record.get("link"), link):
                     if record.get("link") is not None:
                         raise Conflict()
                     check_link_unique(conn, self.repo, "recipe", link, record_id)
-                    head_artifact(self.ctx, link)
+                    if not checked:
+                        raise Conflict()  # the record changed while its link was checked
                     record["link"] = link
             record.update(fields)
             self.repo.save(conn, record)
@@ -206,18 +256,22 @@ class RecipeService(RecordService):
                     {"id": record["id"], "source": link["path"], "target": moved.url})
         super()._soft_delete(conn, record)
 
-    def _undelete(self, conn: Connection, record: dict[str, Any]) -> None:
+    def _undelete_check(self, record: dict[str, Any], facts: dict[str, Any]) -> dict[str, Any]:
+        link = record.get("link")
+        if link is not None and link_location(link).undeleted() is not None and not facts["unfinished"]:
+            head_artifact(self.ctx, link)
+        return facts
+
+    def _undelete(self, conn: Connection, record: dict[str, Any], plan: dict[str, Any]) -> None:
         link = record.get("link")
         if link is not None:
             location = link_location(link)
             restored = location.undeleted()
             if restored is not None:
-                if not has_unfinished(conn, resource_key(self.kind, record["id"])):
-                    head_artifact(self.ctx, link)
                 record["link"] = {"path": restored.url, "etag": link.get("etag", ""), "type": link.get("type")}
                 enqueue(conn, "recipe.move", resource_key(self.kind, record["id"]),
                         {"id": record["id"], "source": location.url, "target": restored.url})
-        super()._undelete(conn, record)
+        super()._undelete(conn, record, plan)
 
     def _hard_delete(self, conn: Connection, record: dict[str, Any], cascade: bool) -> None:
         if cascade and record.get("link") is not None:
@@ -238,24 +292,31 @@ class ImageService(RecordService):
         record = self._new_record(
             {"name": fields["name"], "link": fields["link"], "arch": fields["arch"], "metadata": fields["metadata"]}
         )
+        if record["link"] is not None:
+            with self.ctx.database.read() as conn:
+                check_link_unique(conn, self.repo, "image", record["link"], None)
+            validate_image_link(self.ctx, record["link"])
         with self.ctx.database.write() as conn:
             if record["link"] is not None:
                 check_link_unique(conn, self.repo, "image", record["link"], None)
-                validate_image_link(self.ctx, record["link"])
             self.repo.insert(conn, record)
         return record
 
     def patch(self, record_id: str, body: Any) -> dict[str, Any]:
+        fields = schemas.load_input(schemas.ImagePatch(), body)
+        checked = self._check_new_link(
+            record_id, fields.get("link"), lambda link: validate_image_link(self.ctx, link)
+        )
         with self.ctx.database.write() as conn:
             record = self._require(conn, record_id)
-            fields = schemas.load_input(schemas.ImagePatch(), body)
             if "link" in fields:
                 link = fields["link"]
                 if not _same_link(record.get("link"), link):
                     if record.get("link") is not None:
                         raise Conflict()
                     check_link_unique(conn, self.repo, "image", link, record_id)
-                    validate_image_link(self.ctx, link)
+                    if not checked:
+                        raise Conflict()  # the record changed while its link was checked
                     record["link"] = link
             if "name" in fields:
                 record["name"] = fields["name"]
@@ -288,21 +349,34 @@ class ImageService(RecordService):
             return
         super()._soft_delete(conn, record)
 
-    def _undelete(self, conn: Connection, record: dict[str, Any]) -> None:
-        restore = self.repo.restore_link(conn, record["id"])
+    def _undelete_facts(self, conn: Connection, record: dict[str, Any]) -> dict[str, Any]:
+        return super()._undelete_facts(conn, record) | {"restore": self.repo.restore_link(conn, record["id"])}
+
+    def _undelete_check(self, record: dict[str, Any], facts: dict[str, Any]) -> dict[str, Any]:
+        restore = facts["restore"]
         link = record.get("link")
         if restore is None and link is not None:
             restore = self._link_in_deleted_manifest(link)
-        if restore is not None and link is not None and link["path"] != restore.get("path"):
-            if (
-                not has_unfinished(conn, resource_key(self.kind, record["id"]))
-                and self.ctx.artifacts.head(link_location(link)) is None
-            ):
+        moving = restore is not None and link is not None and link["path"] != restore.get("path")
+        if moving and link is not None and not facts["unfinished"]:
+            try:
+                found = self.ctx.request_artifacts.head(link_location(link))
+            except ArtifactUnavailable as exc:
+                raise Unavailable(f"S3 is not available: {exc}") from exc
+            except ArtifactError:
+                found = None
+            if found is None:
                 raise _unreadable_manifest(link)
+        return facts | {"restore": restore}
+
+    def _undelete(self, conn: Connection, record: dict[str, Any], plan: dict[str, Any]) -> None:
+        restore = plan["restore"]
+        link = record.get("link")
+        if restore is not None and link is not None and link["path"] != restore.get("path"):
             enqueue(conn, "image.undelete", resource_key(self.kind, record["id"]),
                     {"id": record["id"], "deleted_manifest": link["path"]})
             record["link"] = restore
-        super()._undelete(conn, record)
+        super()._undelete(conn, record, plan)
         self.repo.set_columns(conn, record["id"], restore_link=None)
 
     def _link_in_deleted_manifest(self, link: dict[str, Any]) -> dict[str, Any] | None:
@@ -312,7 +386,9 @@ class ImageService(RecordService):
         if not location.key.endswith("/deleted_manifest.json"):
             return None
         try:
-            manifest = self.ctx.artifacts.read_json(location)
+            manifest = self.ctx.request_artifacts.read_json(location)
+        except ArtifactUnavailable as exc:
+            raise Unavailable(f"S3 is not available: {exc}") from exc
         except ArtifactError:
             raise _unreadable_manifest(link) from None
         for entry in manifest.get("artifacts", []) if isinstance(manifest, dict) else []:

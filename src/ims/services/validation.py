@@ -6,7 +6,7 @@ from typing import Any
 
 from sqlalchemy import Connection
 
-from ims.artifacts.s3 import ArtifactError, ArtifactTooLarge
+from ims.artifacts.s3 import ArtifactError, ArtifactTooLarge, ArtifactUnavailable
 from ims.domain.errors import BadRequest, Unavailable, Unprocessable
 from ims.domain.links import link_location
 from ims.domain.manifest import validate_manifest
@@ -30,7 +30,7 @@ def head_artifact(ctx: ServiceContext, link: dict[str, Any]) -> str:
             {"path": [check_s3_path(str(link.get("path", ""))) or "path must be of the form s3://bucket/key."]},
         )
     try:
-        info = ctx.artifacts.head(link_location(link))
+        info = ctx.request_artifacts.head(link_location(link))
     except ArtifactError as exc:
         raise Unavailable(f"S3 is not available: {exc}") from exc
     if info is None:
@@ -56,7 +56,7 @@ def check_link_unique(
 def read_manifest(ctx: ServiceContext, link: dict[str, Any]) -> Any:
     location = link_location(link)
     try:
-        return ctx.artifacts.read_json(location, ctx.settings.max_image_manifest_size_bytes)
+        return ctx.request_artifacts.read_json(location, ctx.settings.max_image_manifest_size_bytes)
     except ArtifactTooLarge:
         raise BadRequest(
             "Image manifest file is larger than the expected maximum size of "
@@ -70,6 +70,8 @@ def validate_image_link(ctx: ServiceContext, link: dict[str, Any]) -> None:
     head_artifact(ctx, link)
     try:
         manifest = read_manifest(ctx, link)
+    except ArtifactUnavailable as exc:
+        raise Unavailable(f"S3 is not available: {exc}") from exc
     except ArtifactError as exc:
         raise Unprocessable(
             f"Unable to read manifest file {link.get('path')}: {exc}. Determine the specific information that "

@@ -14,6 +14,7 @@ from ims.store.db import Database
 from ims.store.tables import tasks
 
 MAX_ATTEMPTS = 5
+MAX_RETRY_SECONDS = 60.0
 _UNFINISHED = ("pending", "running")
 
 
@@ -95,18 +96,23 @@ class TaskQueue:
                 .values(state="done", lease_until=None, updated=utcnow(), last_error=None)
             )
 
-    def fail(self, task_id: int, owner: str, error: str, attempts: int, retry_in: float = 2.0) -> None:
-        """Give a failed task back for a later retry, or mark it failed after MAX_ATTEMPTS."""
+    def fail(
+        self, task_id: int, owner: str, error: str, attempts: int, retry_in: float = 2.0, *, transient: bool = False
+    ) -> None:
+        """Give a failed task back for a later retry, or mark it failed after MAX_ATTEMPTS. A transient
+        failure (S3 unreachable, timing out, 5xx) is retried for as long as it lasts, with a backoff that
+        grows to a minute: the work is still to be done, and giving up would leave orphans."""
         with self.database.write() as conn:
             now = utcnow()
-            final = attempts >= MAX_ATTEMPTS
+            final = attempts >= MAX_ATTEMPTS and not transient
+            delay = min(MAX_RETRY_SECONDS, retry_in * attempts)
             conn.execute(
                 update(tasks)
                 .where(tasks.c.id == task_id, tasks.c.lease_owner == owner)
                 .values(
                     state="failed" if final else "running",
                     # A retry waits out a short lease with no owner renewing it.
-                    lease_until=None if final else now + timedelta(seconds=retry_in * attempts),
+                    lease_until=None if final else now + timedelta(seconds=delay),
                     lease_owner=None if final else "retry",
                     updated=now,
                     last_error=error[:4000],
@@ -116,6 +122,15 @@ class TaskQueue:
     def pending_count(self) -> int:
         with self.database.read() as conn:
             return len(conn.execute(select(tasks.c.id).where(tasks.c.state.in_(_UNFINISHED))).all())
+
+    def depth_and_oldest(self) -> tuple[int, float]:
+        """Unfinished tasks, and the age in seconds of the oldest one (0 when there is none)."""
+        with self.database.read() as conn:
+            rows = conn.execute(select(tasks.c.created).where(tasks.c.state.in_(_UNFINISHED))).all()
+        if not rows:
+            return 0, 0.0
+        oldest = min(row.created for row in rows)
+        return len(rows), max(0.0, (utcnow() - oldest).total_seconds())
 
     def summary(self) -> dict[str, int]:
         with self.database.read() as conn:

@@ -25,12 +25,15 @@ class TaskWorker(BackgroundLoop):
         *,
         lease_seconds: float = 30.0,
         poll_seconds: float = 0.5,
+        is_transient: Callable[[Exception], bool] = lambda _: False,
     ) -> None:
         super().__init__(poll_seconds)
         self.queue = queue
         self.handlers = handlers
         self.lease_seconds = lease_seconds
         self.owner = make_owner_id()
+        # Which failures are retried for as long as they last (S3 away) instead of counting as attempts.
+        self.is_transient = is_transient
 
     def run_once(self) -> bool:
         """Claim and run one task; False when there was none."""
@@ -54,9 +57,11 @@ class TaskWorker(BackgroundLoop):
         try:
             handler(task.payload)
         except Exception as exc:
-            log.warning("task %s (%s on %s) failed: %s", task.id, task.kind, task.resource, exc)
+            transient = self.is_transient(exc)
+            log.warning("task %s (%s on %s) failed%s: %s", task.id, task.kind, task.resource,
+                        " (transient; retried)" if transient else "", exc)
             done.set()
-            self.queue.fail(task.id, self.owner, f"{type(exc).__name__}: {exc}", task.attempts)
+            self.queue.fail(task.id, self.owner, f"{type(exc).__name__}: {exc}", task.attempts, transient=transient)
         else:
             done.set()
             self.queue.complete(task.id, self.owner)
