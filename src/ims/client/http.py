@@ -6,6 +6,7 @@ re-send a POST whose request may already have reached the server, so a retry can
 
 from __future__ import annotations
 
+import os
 import ssl
 import time
 from collections.abc import Iterator, Mapping
@@ -16,6 +17,17 @@ from typing import Any
 import httpx
 
 RETRY_STATUSES = frozenset({502, 503, 504})
+# Inside a job: how long one call may keep retrying an unreachable IMS before giving up (the job then ends
+# instead of retrying a dead server forever). Set by the runner from the server's setting of the same name.
+GIVE_UP_ENV = "IMS_JOB_API_GIVE_UP_SECONDS"
+
+
+def default_give_up() -> float | None:
+    try:
+        value = float(os.environ.get(GIVE_UP_ENV, ""))
+    except ValueError:
+        return None
+    return value if value > 0 else None
 # A POST is retried only when the server certainly did not act on it.
 _POST_RETRY_STATUSES = frozenset({503})
 _IDEMPOTENT = frozenset({"GET", "HEAD", "PUT", "PATCH", "DELETE", "OPTIONS"})
@@ -57,6 +69,8 @@ class ImsClient:
     timeout: float = 30.0
     version: str = "v3"
     retry: RetryPolicy = field(default_factory=RetryPolicy)
+    # Total seconds one request may spend retrying (None: only the retry policy's attempts bound it).
+    give_up_seconds: float | None = field(default_factory=default_give_up)
     _http: httpx.Client = field(init=False, repr=False)
 
     def __post_init__(self) -> None:
@@ -94,20 +108,55 @@ class ImsClient:
         """Send one request with retries; return the decoded JSON body (None when there is none)."""
         method = method.upper()
         attempt = 0
+        started = time.monotonic()
         while True:
             try:
-                response = self._http.request(method, path, json=json, params=params)
+                response = self._http.request(
+                    method, path, json=json, params=params, timeout=self._attempt_timeout(started)
+                )
             except httpx.TransportError as exc:
-                if self._may_retry_transport(method, exc, attempt):
-                    time.sleep(self.retry.sleep_for(attempt))
+                if self._may_retry_transport(method, exc, attempt) and self._in_budget(started, attempt):
+                    self._pause(started, attempt)
                     attempt += 1
                     continue
-                raise ImsApiError(0, f"cannot reach IMS: {exc}", method=method, url=path) from exc
-            if self._may_retry_status(method, response.status_code, attempt):
-                time.sleep(self.retry.sleep_for(attempt))
+                raise ImsApiError(0, f"cannot reach IMS: {exc}{self._gave_up(started)}", method=method,
+                                  url=path) from exc
+            if self._may_retry_status(method, response.status_code, attempt) and self._in_budget(started, attempt):
+                self._pause(started, attempt)
                 attempt += 1
                 continue
             return _decode(response, method, path)
+
+    def _in_budget(self, started: float, attempt: int) -> bool:
+        if self.give_up_seconds is None:
+            return True
+        return time.monotonic() - started < self.give_up_seconds
+
+    def _pause(self, started: float, attempt: int) -> None:
+        """The backoff before the next attempt, cut to what is left of the give-up budget."""
+        pause = self.retry.sleep_for(attempt)
+        if self.give_up_seconds is not None:
+            pause = min(pause, max(0.0, self.give_up_seconds - (time.monotonic() - started)))
+        time.sleep(pause)
+
+    def _attempt_timeout(self, started: float) -> float:
+        """One attempt never outlasts what is left of the give-up budget (at least a second)."""
+        if self.give_up_seconds is None:
+            return self.timeout
+        return max(1.0, min(self.timeout, self.give_up_seconds - (time.monotonic() - started)))
+
+    def _gave_up(self, started: float) -> str:
+        return f" (gave up after {time.monotonic() - started:.0f} s)" if self.give_up_seconds is not None else ""
+
+    @contextmanager
+    def giving_up_after(self, seconds: float) -> Iterator[None]:
+        """Calls in the block retry for at most `seconds` (a job's last report while it stops)."""
+        saved = self.give_up_seconds
+        self.give_up_seconds = seconds if saved is None else min(saved, seconds)
+        try:
+            yield
+        finally:
+            self.give_up_seconds = saved
 
     @contextmanager
     def stream(

@@ -47,12 +47,32 @@ def exit_code(wait_status: int) -> int:
     return 128 - code if code < 0 else code
 
 
-def _forward_to(pid: int) -> Callable[[int, FrameType | None], None]:
+def _forward_to(pid: int, hard_stop: bool = False) -> Callable[[int, FrameType | None], None]:
+    """Forward a signal. With `hard_stop` (the launcher's SIGTERM), init is killed outright if the stage has
+    not ended within IMS_JOB_STOP_GRACE_SECONDS (default 15): SIGTERM ends a job within seconds whatever it
+    is doing, and init's death takes everything in the namespace with it."""
+
     def forward(signum: int, _frame: FrameType | None) -> None:
         with contextlib.suppress(ProcessLookupError):
             os.kill(pid, signum)
+        if hard_stop:
+            signal.signal(signal.SIGALRM, lambda *_: _kill(pid))
+            signal.alarm(_grace_seconds())
 
     return forward
+
+
+def _kill(pid: int) -> None:
+    _say("the stage did not end after SIGTERM; killing the job's namespace")
+    with contextlib.suppress(ProcessLookupError):
+        os.kill(pid, signal.SIGKILL)
+
+
+def _grace_seconds() -> int:
+    try:
+        return max(1, int(float(os.environ.get("IMS_JOB_STOP_GRACE_SECONDS", "15"))))
+    except ValueError:
+        return 15
 
 
 def _say(message: str) -> None:
@@ -99,7 +119,7 @@ def main(argv: list[str]) -> int:
     if init == 0:
         _run_init(argv)
     for signum in FORWARDED:
-        signal.signal(signum, _forward_to(init))
+        signal.signal(signum, _forward_to(init, hard_stop=signum == signal.SIGTERM))
     try:
         _, status = os.waitpid(init, 0)
     except ChildProcessError:

@@ -100,6 +100,8 @@ def build_spec(
         "S3_BOOT_IMAGES_BUCKET": settings.s3_boot_images_bucket,
         "IMS_SQUASHFS_COMPRESSOR": settings.squashfs_compressor,
         "IMS_JOB_USER_WAIT_LIMIT": f"{settings.job_user_wait_limit:g}",
+        # How long a stage retries an unreachable IMS before the job ends (ims.client.http.GIVE_UP_ENV).
+        "IMS_JOB_API_GIVE_UP_SECONDS": f"{settings.job_api_give_up_seconds:g}",
         "IMS_PUBLIC_KEY": str(launch.get("public_key") or ""),
     }
     if ssh_port is not None:
