@@ -8,9 +8,9 @@ Two build types are taken:
   tar.xz too, which nobody uses, so it gets the fastest xz setting through a runtime config.
 - `kis`: kiwi's kernel, initrd and squashfs root are the three artifacts IMS uploads; no second squash.
 
-kiwi runs in private mount and PID namespaces: it bind-mounts /proc, /sys and /dev into the image root,
-and a killed build would otherwise leave those mounts behind on the host. When the namespace's first
-process ends, every mount and process in it goes too.
+kiwi runs in the job's bubblewrap sandbox (ims.stages.kiwi_sandbox): it sees only the job's directory,
+its package cache and read-only system dirs, and the mounts it makes (/proc, /sys and /dev in the image
+root) live in the sandbox's mount namespace. When the sandbox ends, every mount and process in it goes too.
 """
 
 from __future__ import annotations
@@ -53,7 +53,7 @@ _CA_DISTRIBUTIONS = {
 }
 _ERROR_LINE = re.compile(r"^\[\s*ERROR\s*\]:\s*(?:\d\d:\d\d:\d\d\s*\|\s*)?(.*)$")
 _REASON_LIMIT = 1000
-ISOLATE_ARGV = ["unshare", "--mount", "--propagation", "private", "--pid", "--fork", "--kill-child", "--mount-proc"]
+ISOLATE_ARGV = [sys.executable, "-m", "ims.stages.kiwi_sandbox", "--"]
 
 
 class BuildFailed(StageError):
@@ -77,7 +77,7 @@ class BuildResult:
 
 def kiwi_executable(settings: CreateSettings) -> str:
     if settings.kiwi:
-        # Checked here: under unshare a missing program is only a non-zero exit with no kiwi log.
+        # Checked here: in the sandbox a missing program is only a non-zero exit with no kiwi log.
         if not (Path(settings.kiwi).is_file() and os.access(settings.kiwi, os.X_OK)):
             raise StageError(f"kiwi-ng {settings.kiwi} is not installed")
         return settings.kiwi
@@ -164,7 +164,7 @@ def _stream(argv: list[str], out: TextIO) -> int:
         out.flush()
     except BaseException:
         # Stopped (SIGTERM -> JobStopped) or broken: do not wait minutes for the build to finish.
-        # `unshare --fork` blocks SIGTERM, so it gets SIGKILL; --kill-child then takes kiwi's whole PID
+        # SIGKILL the sandbox's launcher: bwrap's --die-with-parent then takes kiwi's whole PID
         # namespace down, and its mounts go with its mount namespace.
         process.kill()
         raise
@@ -229,7 +229,7 @@ def build_image(env: JobEnvironment, reporter: Reporter, settings: CreateSetting
             runtime_config=runtime_config,
             ca_cert=ca,
             ca_distribution=_CA_DISTRIBUTIONS.get(description.package_manager, ""),
-            isolate=os.geteuid() == 0 and shutil.which("unshare") is not None,
+            isolate=os.geteuid() == 0,
         )
     except StageError as exc:
         raise fail(str(exc)) from exc

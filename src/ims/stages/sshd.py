@@ -30,6 +30,7 @@ SSHD = "/usr/sbin/sshd"
 WORK_AREA = Path("/mnt/image")  # the original's IMAGE_ROOT_PARENT
 JAIL = WORK_AREA / "image-root"
 SSHD_FILES = Path("/run/ims-sshd")
+SSHD_LOG = Path("/run/ims-sshd.log")
 _FORBIDDEN_IN_CONFIG = set(' \t\n\r"%#\\')
 # What the original mounts into the image root for DKMS builds.
 DKMS_DIRS = ("proc", "sys", "dev")
@@ -128,16 +129,21 @@ def dkms_dirs(image_root: Path) -> list[str]:
 
 
 def session_sandbox(
-    work_area: Path, files: SshdFiles, *, image_root: Path | None = None, dkms: bool = False
+    work_area: Path, files: SshdFiles, *, image_root: Path | None = None, dkms: bool = False, job_id: str = ""
 ) -> Sandbox:
     """The sandbox sshd and its sessions live in.
 
     `image_root` set: jailed into that tree (bound at /mnt/image/image-root). Otherwise the toolbox is
     the session's `/` and `work_area` (the job's IMAGE_ROOT_PARENT) is bound at /mnt/image.
     """
-    box = Sandbox(env=clean_env()).host_system().proc().dev().remount_ro("/dev")
+    # IMS_JOB_ID only (the session gets it through SetEnv anyway): operators find the job's processes by it.
+    box = (
+        Sandbox(env=clean_env({"IMS_JOB_ID": job_id} if job_id else None)).host_system().proc().dev().remount_ro("/dev")
+    )
     box.tmpfs("/tmp").tmpfs("/var/tmp").tmpfs("/run").dir("/run/sshd")
     box.ro_bind(files.directory, SSHD_FILES)
+    files.log.touch(mode=0o600)
+    box.bind(files.log, SSHD_LOG)  # sshd's log: the only file of its own that it writes
     if image_root is not None:
         box.bind(image_root, JAIL)
         if dkms:
@@ -172,8 +178,11 @@ class SshServer:
     def start(self) -> None:
         self.files.config.write_text(render_config(self.env, self.files, self.image_root is not None))
         self.files.config.chmod(0o600)
-        box = session_sandbox(self.env.image_root_parent, self.files, image_root=self.image_root, dkms=self.dkms)
-        command = [SSHD, "-D", "-e", "-f", str(self.files.inside(self.files.config))]
+        box = session_sandbox(
+            self.env.image_root_parent, self.files, image_root=self.image_root, dkms=self.dkms, job_id=self.env.job_id
+        )
+        # -E, not -e: with -e a session's own sshd process would log onto the user's channel.
+        command = [SSHD, "-D", "-E", str(SSHD_LOG), "-f", str(self.files.inside(self.files.config))]
         with self.files.log.open("ab") as log:
             try:
                 self.sandbox = launch(box, command, stdout=subprocess.DEVNULL, stderr=log)
