@@ -11,7 +11,7 @@ import pytest
 from tests.cli.conftest import Cli, ids
 from tests.support.servers import ImsServer
 
-KEY = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIHJ0ZXN0a2V5Zm9yaW1zY2xpdGVzdHM test@ims"
+KEY = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIJKRI/1unLwCzACau17LIGNNrMfOBhWL62YjQE0CaD5N test@ims"
 
 
 def unique(prefix: str) -> str:

@@ -153,5 +153,8 @@ def test_recipe_upload_rejects_bad_sources(cli: Cli, tmp_path: Path, kind: str) 
         source = tmp_path / "nothing-here"
     name = f"bad-{uuid.uuid4().hex[:8]}"
     result = cli("recipes", "upload", name, str(source), "--distro", "sles15")
-    assert result.exit_code == 1 and len(result.stderr.strip().splitlines()) == 1
+    # A source that cannot be a recipe is a usage error, found before anything is created or uploaded.
+    assert result.exit_code == 2, result.stderr
+    assert {"no-description": "has no config.xml", "not-gzip": "neither a recipe directory",
+            "missing": "does not exist"}[kind] in " ".join(result.stderr.split())
     assert name not in json.dumps(cli.json("recipes", "list"))

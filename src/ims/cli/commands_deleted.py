@@ -43,9 +43,7 @@ def _group(resource: str) -> typer.Typer:
     ) -> None:
         session.ims.deleted.of(resource).undelete(record_id)
 
-    def update_all(
-        session: Session, operation: Operation = typer.Option(..., "--operation", help="undelete")
-    ) -> None:
+    def update_all(session: Session, operation: Operation = typer.Option(..., "--operation", help="undelete")) -> None:
         session.ims.deleted.of(resource).undelete_all()
 
     example = "6d1cbd6a-3ea4-4b2a-9c3e-1f1e7c0fbd2f"

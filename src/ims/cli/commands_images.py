@@ -7,6 +7,7 @@ from pathlib import Path
 
 import typer
 
+from ims.cli.choices import ARCH_HELP, Arch, value
 from ims.cli.crud import RecordCommands, add_crud, link_option
 from ims.cli.session import Session, api_command, note, parse_pairs, warn
 
@@ -34,7 +35,7 @@ class MetadataOperation(StrEnum):
 def create_image(
     session: Session,
     name: str = typer.Option(..., "--name", help="Image name."),
-    arch: str | None = typer.Option(None, "--arch", help="x86_64 (server default) or aarch64."),
+    arch: Arch | None = typer.Option(None, "--arch", help=ARCH_HELP + " Server default x86_64."),
     metadata: list[str] | None = typer.Option(None, "--metadata", help="Label KEY=VALUE; repeat for more."),
     link_path: str | None = typer.Option(None, "--link-path", help="s3://boot-images/<id>/manifest.json"),
     link_etag: str | None = typer.Option(None, "--link-etag"),
@@ -46,7 +47,7 @@ def create_image(
     """
     record = session.ims.images.create(
         name,
-        arch=arch,
+        arch=value(arch),
         metadata=parse_pairs(metadata, "--metadata") if metadata else None,
         link=link_option(link_path, link_etag, link_type),
     )
@@ -61,7 +62,7 @@ def update_image(
     link_path: str | None = typer.Option(None, "--link-path", help="s3://boot-images/<id>/manifest.json"),
     link_etag: str | None = typer.Option(None, "--link-etag"),
     link_type: str | None = typer.Option(None, "--link-type", help="s3"),
-    arch: str | None = typer.Option(None, "--arch", help="x86_64 or aarch64."),
+    arch: Arch | None = typer.Option(None, "--arch", help=ARCH_HELP),
     metadata_operation: MetadataOperation | None = typer.Option(None, "--metadata-operation"),
     metadata_key: str | None = typer.Option(None, "--metadata-key"),
     metadata_value: str | None = typer.Option(None, "--metadata-value"),
@@ -78,7 +79,7 @@ def update_image(
         image_id,
         name=name,
         link=link_option(link_path, link_etag, link_type),
-        arch=arch,
+        arch=value(arch),
         metadata_operation=metadata_operation.value if metadata_operation else None,
         metadata_key=metadata_key,
         metadata_value=metadata_value,
@@ -103,7 +104,7 @@ def import_image(
     debug_kernel: Path | None = typer.Option(
         None, "--debug-kernel", exists=True, dir_okay=False, readable=True, help="Debug kernel."
     ),
-    arch: str = typer.Option("x86_64", "--arch", help="x86_64 or aarch64."),
+    arch: Arch = typer.Option(Arch.x86_64, "--arch", help=ARCH_HELP),
     job_id: str | None = typer.Option(None, "--job-id", help="Also set this job's resultant_image_id."),
 ) -> None:
     """Register an image built elsewhere: upload its artifacts, write manifest.json, link it.
@@ -122,7 +123,7 @@ def import_image(
             session.ims.client,
             store,
             name=name,
-            arch=arch,
+            arch=arch.value,
             job_id=job_id,
             rootfs=rootfs,
             kernel=kernel,

@@ -10,7 +10,8 @@ from enum import StrEnum
 import typer
 
 from ims.cli.crud import RecordCommands, add_describe
-from ims.cli.session import BoolWord, Session, api_command, as_bool
+from ims.cli.output import OutputFormat
+from ims.cli.session import Session, api_command
 from ims.cli.ssh_hints import host_keys_from_log, ssh_hint
 from ims.client.follow import WAITING_ON_USER, ssh_access, wait_for_job
 from ims.client.http import ImsApiError
@@ -19,6 +20,18 @@ from ims.domain.jobs import JOB_STATUSES
 
 app = typer.Typer(help="Image create and customize jobs (cray ims jobs).", no_args_is_help=True)
 COLUMNS = ("id", "job_type", "status", "artifact_id", "image_root_archive_name", "resultant_image_id", "created")
+# `jobs list`: most telling first, since columns go from the right on a narrow terminal.
+LIST_COLUMNS = (
+    "id",
+    "job_type",
+    "status",
+    "ssh_port",
+    "status_reason",
+    "image_root_archive_name",
+    "artifact_id",
+    "resultant_image_id",
+    "created",
+)
 
 add_describe(RecordCommands(app, "jobs", "job", lambda ims: ims.jobs, COLUMNS))
 
@@ -105,29 +118,50 @@ def list_jobs(
     jobs = session.ims.jobs.list(
         status=[value.lower() for value in status or ()], job_type=job_type.value if job_type else None
     )
-    session.show(jobs, COLUMNS)
+    if session.fmt is OutputFormat.table:
+        jobs = [{**job, "ssh_port": _ssh_port(job)} for job in jobs]
+    session.show(jobs, LIST_COLUMNS)
+
+
+def _ssh_port(job: Record) -> int | None:
+    """The port to log in to the job on, while it has an SSH container (`connection_info.customer_access`)."""
+    access = ssh_access(job)
+    return access.port if access is not None else None
 
 
 @api_command(app, "create")
 def create_job(
     session: Session,
-    job_type: JobType = typer.Option(..., "--job-type", help="create (from a recipe) or customize (an image)."),
+    job_type: JobType = typer.Option(..., "--job-type", help="create: build from a recipe; customize: open an image."),
     artifact_id: str = typer.Option(..., "--artifact-id", help="Recipe id (create) or image id (customize)."),
     public_key_id: str = typer.Option(..., "--public-key-id", help="Key allowed to log in to the job."),
     image_root_archive_name: str = typer.Option(..., "--image-root-archive-name", help="Name of the new image."),
     kernel_file_name: str | None = typer.Option(None, "--kernel-file-name", help="vmlinuz (x86_64) or Image."),
     initrd_file_name: str | None = typer.Option(None, "--initrd-file-name", help="Default initrd."),
     kernel_parameters_file_name: str | None = typer.Option(None, "--kernel-parameters-file-name"),
-    enable_debug: BoolWord | None = typer.Option(
-        None, "--enable-debug", case_sensitive=False, help="On failure, keep the job open for SSH."
+    enable_debug: bool | None = typer.Option(
+        None,
+        "--enable-debug/--no-enable-debug",
+        metavar="",
+        help="On failure, keep the job open for SSH (cray form: --enable-debug true).",
     ),
-    ssh_containers_jail: BoolWord | None = typer.Option(
-        None, "--ssh-containers-jail", case_sensitive=False, help="customize: log in chrooted into the image."
+    ssh_containers_jail: bool | None = typer.Option(
+        None,
+        "--ssh-containers-jail/--no-ssh-containers-jail",
+        metavar="",
+        help="customize: log in chrooted into the image.",
     ),
-    require_dkms: BoolWord | None = typer.Option(None, "--require-dkms", case_sensitive=False),
+    require_dkms: bool | None = typer.Option(
+        None, "--require-dkms/--no-require-dkms", metavar="", help="Build DKMS modules."
+    ),
     build_env_size: int | None = typer.Option(None, "--build-env-size", min=1, help="GiB of build space."),
     job_mem_size: int | None = typer.Option(None, "--job-mem-size", min=1, help="GiB of memory."),
-    wait: bool = typer.Option(False, "--wait", help="Follow status and log until the job ends; exit 1 on error."),
+    wait: bool = typer.Option(
+        False,
+        "--wait/--no-wait",
+        metavar="",
+        help="Follow status and log until the job ends; exit 1 on error (cray form: --wait true).",
+    ),
     timeout: float | None = typer.Option(None, "--timeout", min=1, help="With --wait: give up after SECONDS."),
 ) -> None:
     """Start a job: build an image from a recipe, or open an image for customization over SSH.
@@ -138,7 +172,7 @@ def create_job(
     """
     containers = None
     if ssh_containers_jail is not None:
-        containers = [{"name": job_type.value, "jail": as_bool(ssh_containers_jail)}]
+        containers = [{"name": job_type.value, "jail": ssh_containers_jail}]
     job = session.ims.jobs.create(
         job_type=job_type.value,
         artifact_id=artifact_id,
@@ -147,8 +181,8 @@ def create_job(
         kernel_file_name=kernel_file_name,
         initrd_file_name=initrd_file_name,
         kernel_parameters_file_name=kernel_parameters_file_name,
-        enable_debug=as_bool(enable_debug),
-        require_dkms=as_bool(require_dkms),
+        enable_debug=enable_debug,
+        require_dkms=require_dkms,
         build_env_size=build_env_size,
         job_mem_size=job_mem_size,
         ssh_containers=containers,
@@ -163,7 +197,7 @@ def create_job(
 def wait_job(
     session: Session,
     job_id: str = typer.Argument(..., metavar="ID"),
-    logs: bool = typer.Option(True, "--logs/--no-logs", help="Stream the job's log to stderr meanwhile."),
+    logs: bool = typer.Option(True, "--logs/--no-logs", metavar="", help="Stream the job's log to stderr meanwhile."),
     timeout: float | None = typer.Option(None, "--timeout", min=1, help="Give up after SECONDS (exit 1)."),
 ) -> None:
     """Follow a job until it ends; exit 0 on success, 1 on error.
@@ -177,7 +211,7 @@ def wait_job(
 def job_logs(
     session: Session,
     job_id: str = typer.Argument(..., metavar="ID"),
-    follow_log: bool = typer.Option(False, "--follow", "-f", help="Keep streaming until the job ends."),
+    follow_log: bool = typer.Option(False, "--follow", "-f", metavar="", help="Keep streaming until the job ends."),
 ) -> None:
     """Print a job's log (all its stages).
 

@@ -15,8 +15,9 @@ from ims.cli import (
     commands_remote_nodes,
     data_commands,
 )
+from ims.cli.session import ImsGroup
 
-app = typer.Typer(help="Image Management Service.", no_args_is_help=True, pretty_exceptions_enable=False)
+app = typer.Typer(help="Image Management Service.", no_args_is_help=True, pretty_exceptions_enable=False, cls=ImsGroup)
 app.add_typer(data_commands.app, name="data")
 # Resource commands shaped like `cray ims ...` (see docs/cli.md).
 app.add_typer(commands_public_keys.app, name="public-keys")
