@@ -10,7 +10,9 @@ from ims.stages.environment import JobEnvironment, JobEnvironmentError
 
 
 def test_defaults_follow_the_original() -> None:
-    env = JobEnvironment.from_env({"IMS_JOB_ID": "abc-123", "S3_ENDPOINT": "http://s3", "S3_SECRET_KEY": "hidden"})
+    env = JobEnvironment.from_env(
+        {"IMS_JOB_ID": "abc-123", "IMS_JOB_TOKEN": "imsjob_hidden", "S3_ENDPOINT": "http://s3", "S3_SECRET_KEY": "s"}
+    )
     assert env.image_root_parent == Path("/mnt/image")
     assert env.image_root == Path("/mnt/image/image-root")
     assert (env.kernel_filename, env.initrd_filename, env.kernel_parameters_filename) == (
@@ -18,9 +20,11 @@ def test_defaults_follow_the_original() -> None:
         "initrd",
         "kernel-parameters",
     )
-    assert env.ssh_jail is False and env.squashfs_compressor == "zstd" and env.poll_seconds == 1.0
+    assert env.ssh_jail is False and env.squashfs_compressor == "zstd" and env.poll_seconds == 0.1
     assert env.boot_images_bucket == "boot-images"
-    assert "hidden" not in repr(env)
+    assert env.ims_token == "imsjob_hidden" and "hidden" not in repr(env)
+    # A job holds no S3 credential: even when some are in its environment, the stages do not read them.
+    assert "http://s3" not in repr(env) and not hasattr(env, "s3")
 
 
 def test_aarch64_forces_the_arm_kernel_name() -> None:
