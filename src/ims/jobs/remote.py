@@ -47,7 +47,11 @@ STATE_NAME = "remote.json"
 POLL_SECONDS = 2.0
 # S3 and admin credentials never go to a node; the job reaches S3 through presigned URLs only.
 NEVER_SENT = ("S3_ACCESS_KEY", "S3_SECRET_KEY", "S3_ENDPOINT", "IMS_API_TOKEN")
-_UNPACK = 'set -e; rm -rf --one-file-system "$1"; mkdir -m 0755 -p "$1/image" "$1/code"; tar -xzf - -C "$1/code"'
+# mkdir without -p: the directory is made here, by root, never one someone else left in /tmp.
+_UNPACK = (
+    'set -e; rm -rf --one-file-system "$1"; mkdir -m 0755 "$1"; mkdir -m 0755 "$1/image" "$1/code"; '
+    'tar -xzf - -C "$1/code"'
+)
 
 
 def remote_dir(job_id: str) -> str:

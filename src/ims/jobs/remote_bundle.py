@@ -121,7 +121,7 @@ def bundle(cache_dir: Path) -> Path:
             return target
         cache_dir.mkdir(parents=True, exist_ok=True)
         scratch = target.with_name(f"{target.name}.{os.getpid()}.new")
-        with tarfile.open(scratch, "w:gz", compresslevel=6) as archive:
+        with tarfile.open(scratch, "w:gz", compresslevel=1) as archive:
             for path, name in members:
                 archive.add(path, arcname=name, recursive=False)
             marker = f"made by IMS {ims.__version__} for {sys.version.split()[0]}\n".encode()
