@@ -499,3 +499,28 @@ def _launcher_pid(stack: Stack, job_id: str) -> int:
             time.sleep(0.1)
     finally:
         engine.dispose()
+
+
+def test_job_tokens_work_alongside_oidc(stack: Stack, job_b: Job, s3_env: dict[str, str]) -> None:
+    """A second server with IMS_AUTH=oidc on the same database: the job's token is recognised there too."""
+    from tests.support.jwks import LocalIssuer
+
+    issuer = LocalIssuer().start()
+    issuer.add_key("ES256")
+    env = {"IMS_AUTH": "oidc", "IMS_OIDC_ISSUER": issuer.issuer, "IMS_OIDC_AUDIENCE": "ims", "IMS_RUN_WORKERS": "false"}
+    server = start_ims_server(stack.server.data_dir, s3_env, env, args=["--workers", "1"])
+    try:
+        with httpx.Client(base_url=server.url, timeout=30) as oidc_api:
+            assert_problem(oidc_api.get(f"/v3/jobs/{job_b.id}"), 401)
+            own = oidc_api.get(f"/v3/jobs/{job_b.id}", headers=job_b.headers())
+            assert own.status_code == 200 and own.json()["id"] == job_b.id
+            assert_problem(oidc_api.get("/v3/jobs", headers=job_b.headers()), 403)
+            assert_problem(oidc_api.delete(f"/v3/jobs/{job_b.id}", headers=job_b.headers()), 403)
+            admin = issuer.token(next(iter(issuer.keys.values())), roles=["admin"])
+            assert oidc_api.get("/v3/jobs", headers={"Authorization": f"Bearer {admin}"}).status_code == 200
+    finally:
+        # Not server.stop(): that ends the jobs of its database, which are this module's.
+        assert server.process is not None
+        os.killpg(server.process.pid, signal.SIGTERM)
+        server.process.wait(30)
+        issuer.stop()
