@@ -223,3 +223,37 @@ def print_env(data_dir: Path | None, s3_port: int | None) -> None:
         )
         raise typer.Exit(1) from None
     typer.echo("\n".join(lines))
+
+
+def service_env(data_dir: Path, s3_port: int = 8333, port: int = 9100) -> str:
+    """The EnvironmentFile of the systemd units (scripts/install-service.sh): where things are, and the S3 keys.
+
+    The keys are the data directory's own (made once here when missing), so `ims dev env` and the units agree.
+    """
+    data_dir = data_dir.resolve()
+    access, secret = _credentials(data_dir)
+    api = f"http://127.0.0.1:{port}"
+    return "\n".join(
+        [
+            "# IMS settings for ims.service and ims-s3.service (written by scripts/install-service.sh).",
+            "# Holds the S3 keys: keep it mode 600. Any setting of the README's table may be added here.",
+            f"IMS_DATA_DIR={data_dir}",
+            "IMS_HOST=127.0.0.1",
+            f"IMS_PORT={port}",
+            f"IMS_S3_PORT={s3_port}",
+            f"IMS_API_URL={api}",
+            f"S3_ENDPOINT=http://127.0.0.1:{s3_port}",
+            f"S3_ACCESS_KEY={access}",
+            f"S3_SECRET_KEY={secret}",
+            "",
+        ]
+    )
+
+
+if __name__ == "__main__":  # `python -m ims.cli.dev service-env DATA_DIR [S3_PORT [PORT]]`, for the install script
+    import sys
+
+    if len(sys.argv) < 3 or sys.argv[1] != "service-env":
+        sys.exit("usage: python -m ims.cli.dev service-env DATA_DIR [S3_PORT [PORT]]")
+    numbers = [int(value) for value in sys.argv[3:5]]
+    sys.stdout.write(service_env(Path(sys.argv[2]), *numbers))
