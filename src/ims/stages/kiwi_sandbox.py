@@ -21,10 +21,12 @@ killing it takes the whole sandbox down, and it exits with kiwi's status.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import signal
 import sys
+import time
 from collections.abc import Sequence
 from pathlib import Path
 from types import FrameType
@@ -69,7 +71,7 @@ def kiwi_sandbox(kiwi_argv: Sequence[str], environ: dict[str, str] | None = None
     )
     # Scratch places first: a later bind (this Python under /root/.pyenv, say) may sit inside one.
     box.host_system().proc().dev().dir("/sys").tmpfs("/tmp").tmpfs("/var/tmp").tmpfs("/run").tmpfs("/root")
-    box.dir("/run/lock").dir("/var/lib/dpkg")
+    box.dir("/run/lock").dir("/var/lib/dpkg").dir("/var/log/apt")
     # The host's apt-get looks for these even though kiwi points Dir::Etc elsewhere; empty, so none of
     # the host's apt configuration (auth.conf.d credentials included) reaches recipe code. A proxy comes
     # through the environment (PASS_THROUGH), which kiwi turns into apt options.
@@ -104,14 +106,28 @@ def main(argv: list[str]) -> int:
 
     for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
         signal.signal(signum, stop)
+    log = _option(argv, "--logfile")
     try:
         box = kiwi_sandbox(argv)
         started.append(launch(box, argv, stdin=None, stdout=None, stderr=None))
     except SandboxError as exc:
-        print(f"ims: kiwi's sandbox could not start: {exc}", file=sys.stderr, flush=True)
+        _report(log, f"kiwi's sandbox could not start: {exc}")
         return 125
     code = started[0].process.wait()
+    if code != 0 and log is not None and not (log.is_file() and log.stat().st_size):
+        # bwrap failed while setting the sandbox up (its message is in the job log), or kiwi died at once.
+        _report(
+            log, f"kiwi's sandbox ended with {code} before kiwi-ng wrote its log (bwrap's message is in the job log)"
+        )
     return 128 - code if code < 0 else code
+
+
+def _report(log: Path | None, message: str) -> None:
+    """Say it on stderr (the job log) and as an error line of kiwi's own log, where the stage takes its reason."""
+    print(f"ims: {message}", file=sys.stderr, flush=True)
+    if log is not None:
+        with contextlib.suppress(OSError), log.open("a") as out:
+            out.write(f"[ ERROR   ]: {time.strftime('%H:%M:%S')} | {message}\n")
 
 
 if __name__ == "__main__":

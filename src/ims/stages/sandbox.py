@@ -246,7 +246,7 @@ class SandboxProcess:
 
 
 def bwrap_path() -> str:
-    found = shutil.which(BWRAP) or (BWRAP if Path("/usr/bin/bwrap").exists() else None)
+    found = shutil.which(BWRAP)
     if found is None:
         raise SandboxError("bubblewrap (bwrap) is not installed; jobs cannot run without their sandbox")
     return found
