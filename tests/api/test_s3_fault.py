@@ -245,6 +245,11 @@ def test_s3_hang_stop_and_restart(server: ImsServer, weed: Weed) -> None:
         assert set(counts) <= {"done"}, counts  # none failed for good
         result = check_store(api, store)
         figures["store"] = result | {"tasks": counts}
+        metrics = api.get("/metrics").text
+        figures["s3_errors_total"] = sum(
+            float(line.rsplit(" ", 1)[1]) for line in metrics.splitlines() if line.startswith("ims_s3_errors_total")
+        )
+        assert figures["s3_errors_total"] > 0
         if FIGURES is not None:
             FIGURES.write_text(json.dumps(figures, indent=2))
         print(json.dumps(figures, indent=2))

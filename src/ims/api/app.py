@@ -17,7 +17,7 @@ from starlette.routing import Match
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from ims import __version__
-from ims.api import auth, caching, docs
+from ims.api import auth, caching, docs, metrics
 from ims.api.deps import Services
 from ims.api.http import MSG_METHOD, MSG_NOT_FOUND_URL, RawHttpError, problem, problem_from
 from ims.api.routers import health, job_artifacts, records, remote_nodes
@@ -177,6 +177,7 @@ def create_app(services: Services, *, start_workers: Callable[[], Callable[[], N
     app.add_middleware(BodySizeLimit, limit=services.ctx.settings.max_body_bytes)
     app.add_middleware(HeadAndOptions, router=app.router)
     app.add_middleware(RefuseNul)
+    metrics.install(app)  # last: the outermost middleware, so every answer is counted
     app.openapi = lambda: _openapi(app)  # type: ignore[method-assign]
     return app
 

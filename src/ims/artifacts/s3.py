@@ -49,9 +49,18 @@ S3_ERRORS: dict[tuple[str, str], int] = {}
 _S3_ERRORS_LOCK = threading.Lock()
 
 
+# Called for every failed S3 call (the metrics endpoint registers one).
+ERROR_HOOKS: list[Callable[[str, str], None]] = []
+
+
 def count_error(operation: str, kind: str) -> None:
     with _S3_ERRORS_LOCK:
         S3_ERRORS[(operation, kind)] = S3_ERRORS.get((operation, kind), 0) + 1
+    for hook in ERROR_HOOKS:
+        try:
+            hook(operation, kind)
+        except Exception:  # metrics never break an S3 call
+            log.debug("S3 error hook failed", exc_info=True)
 
 
 def is_transient(exc: BaseException) -> bool:
@@ -385,6 +394,16 @@ class ArtifactStore:
             self.client.abort_multipart_upload(Bucket=location.bucket, Key=location.key, UploadId=upload_id)
         except (ClientError, BotoCoreError) as exc:
             raise _upload_error(exc, location) from exc
+
+    def abort_uploads_under(self, bucket: str, prefix: str) -> int:
+        """Abort every unfinished multipart upload to a key under `prefix` (a job that ended mid-upload)."""
+        aborted = 0
+        paginator = self.client.get_paginator("list_multipart_uploads")
+        for page in paginator.paginate(Bucket=bucket, Prefix=prefix):
+            for upload in page.get("Uploads", []):
+                self.client.abort_multipart_upload(Bucket=bucket, Key=upload["Key"], UploadId=upload["UploadId"])
+                aborted += 1
+        return aborted
 
 
 class ArtifactRejected(ArtifactError):

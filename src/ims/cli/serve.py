@@ -176,6 +176,11 @@ def serve(host: str, port: int, workers: int | None = None) -> None:
     prepare(settings).database.dispose()
     log.info("IMS listening on http://%s:%s (database %s)", host, port, settings.effective_database_url)
     if workers > 1:
+        # Counters of every server process (and of the workers here) summed at each scrape (ims.api.metrics).
+        from ims.api import metrics
+
+        metrics.prepare_multiprocess(settings.data_dir)
+        metrics.setup()
         # Exactly one set of background workers (S3 tasks, jobs, reconciler): here, not in each server process.
         ctx = ServiceContext.from_settings(settings) if settings.run_workers else None
         stop_workers = start_workers(ctx) if ctx is not None else None
