@@ -30,6 +30,7 @@ from sqlalchemy import Connection, select
 from ims.domain import schemas
 from ims.domain.errors import NotFound, Unavailable, ValidationFailed
 from ims.domain.timeutil import format_timestamp, utcnow
+from ims.domain.validation import check_xname
 from ims.jobs import nodekeys, state
 from ims.jobs.ports import parse_range
 from ims.jobs.remote_probe import NodeStatus, Prober
@@ -39,24 +40,6 @@ from ims.settings import Settings
 from ims.store import repository
 from ims.store.tables import jobs as jobs_table
 from ims.store.tables import remote_build_node_state as state_table
-
-try:  # the shared input rules (helper "hardening"); a minimal rule until they are there
-    from ims.domain.validation import check_xname
-except ImportError:  # pragma: no cover
-    import ipaddress
-    import re
-
-    def check_xname(text: str) -> str | None:
-        label = re.compile(r"^(?!-)[A-Za-z0-9-]{1,63}(?<!-)$")
-        try:
-            ipaddress.ip_address(text)
-            return None
-        except ValueError:
-            pass
-        if text and len(text) <= 253 and all(label.match(part) for part in text.rstrip(".").split(".")):
-            return None
-        return "xname must be a Cray xname (such as x3000c0s19b4n0), a host name or an IP address."
-
 
 log = logging.getLogger(__name__)
 
