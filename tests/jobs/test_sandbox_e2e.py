@@ -8,6 +8,7 @@ default 14. And the unjailed session has the original's /mnt/image work area.
 
 from __future__ import annotations
 
+import os
 import re
 import time
 from pathlib import Path
@@ -18,11 +19,13 @@ import pytest
 from tests.jobs.kit import (
     add_image,
     add_public_key,
+    delete_all_jobs,
     jobs_dir,
     post_customize,
     ssh_job,
     ssh_ok,
     ssh_signal,
+    start_job_server,
     wait_status,
 )
 from tests.stages.kit import KeyPair
@@ -202,3 +205,25 @@ def test_another_jobs_key_stays_out(
     finally:
         for job in (a, b):
             jobs_api.delete(f"/v3/jobs/{job['id']}")
+
+
+def test_a_sandbox_that_cannot_start_ends_the_job_in_error(
+    work_root: Path, s3_env: dict[str, str], artifact_store: ArtifactStore, stored_image: RegisteredImage,
+    job_key: KeyPair, tmp_path: Path,
+) -> None:  # fmt: skip
+    """A bwrap that fails (as one without user namespaces does): the job ends in `error` with bwrap's reason."""
+    fake = tmp_path / "bin"
+    fake.mkdir()
+    (fake / "bwrap").write_text("#!/bin/sh\necho 'bwrap: No permissions to create new namespace' >&2\nexit 1\n")
+    (fake / "bwrap").chmod(0o755)
+    server = start_job_server(work_root, s3_env, PATH=f"{fake}:{os.environ['PATH']}")
+    try:
+        with httpx.Client(base_url=server.url, timeout=30) as api:
+            job = post_customize(api, add_image(api, stored_image), add_public_key(api, job_key), jail=True)
+            ended = wait_status(api, job["id"], {"error"})
+            reason = ended["status_reason"] or ""
+            assert "sandbox could not start" in reason and "No permissions to create new namespace" in reason, reason
+            assert ended["resultant_image_id"] is None
+    finally:
+        delete_all_jobs(server)
+        server.stop()
