@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import signal
+import sys
 import time
 import uuid
 from collections.abc import Iterator
@@ -34,9 +35,16 @@ from tests.support.images import md5_of, read_from_squashfs, register_in_s3
 from tests.support.netns import TestNode, TestNodes, start_ims_at, stop_ims_keeping_jobs
 from tests.support.servers import ImsServer
 
+import ims
 from ims.artifacts.s3 import ArtifactStore
+from ims.client.http import ImsClient
+from ims.client.recipes import upload_recipe
+from ims.client.resources import Ims
 from ims.domain.links import S3Location
 from ims.embedded.seaweedfs import SeaweedFS
+from ims.stages.apt_sources import debian_archive_uri
+
+RECIPES = Path(ims.__file__).parent / "recipes"
 
 pytestmark = [
     pytest.mark.slow,
@@ -44,6 +52,9 @@ pytestmark = [
 ]
 
 LOST_SECONDS = 15
+KIWI = Path(sys.executable).parent / "kiwi-ng"
+STANDARD_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+CREATE_OPT_IN = "IMS_TEST_REMOTE_CREATE"
 TIMINGS: dict[str, float] = {}
 
 
@@ -54,7 +65,8 @@ def node_key(work_root: Path) -> KeyPair:
 
 @pytest.fixture(scope="module")
 def nodes(node_key: KeyPair) -> Iterator[TestNodes]:
-    group = TestNodes.start(2, node_key.public)
+    # The nodes share this host's files; kiwi-ng is the one beside IMS's interpreter (its virtualenv).
+    group = TestNodes.start(2, node_key.public, path=f"{KIWI.parent}:{STANDARD_PATH}")
     yield group
     group.stop()
 
@@ -89,6 +101,7 @@ def _server_env(node_s3: SeaweedFS, node_key: KeyPair) -> dict[str, str]:
         "IMS_REMOTE_LOST_SECONDS": str(LOST_SECONDS),
         "IMS_REMOTE_STATUS_CACHE_SECONDS": "1",
         "IMS_JOB_HEARTBEAT_TIMEOUT": "6",
+        "IMS_KIWI_NG": str(KIWI),
         # Listening on the bridge to the test nodes only (no route leads there from elsewhere).
         "IMS_AUTH": "none",
     }
@@ -344,3 +357,45 @@ def test_deleting_a_node_that_runs_a_job_lets_the_job_finish(
     done = wait_status(api, job["id"], {"success"}, timeout=120)
     assert read_image_file(api, store, done["resultant_image_id"], "etc/motd", tmp_path) == b"node-deleted\n"
     wait_until(lambda: not on_node(node, job["id"]), 30, "the node's job directory removed")
+
+
+@pytest.mark.skipif(not os.environ.get(CREATE_OPT_IN), reason=f"a kiwi build takes many minutes: set {CREATE_OPT_IN}=1")
+def test_create_on_a_node(
+    api: httpx.Client, nodes: TestNodes, store: ArtifactStore, job_key: KeyPair, key_id: str, tmp_path: Path
+) -> None:
+    node = nodes.nodes[0]
+    register(api, node)
+    assert "kiwi-ng" in api.get(f"/v3/remote-build-nodes/status/{node.address}").json()["podmanStatus"]
+    with Ims(ImsClient(str(api.base_url))) as client:
+        recipe = upload_recipe(
+            client,
+            store,
+            name=f"tbz-{uuid.uuid4().hex[:6]}",
+            source=RECIPES / "debian-bookworm-tbz",
+            linux_distribution="debian12",
+            recipe_type="kiwi-ng",
+            template_dictionary={"debian_mirror": debian_archive_uri()},
+        ).recipe
+    body = {
+        "job_type": "create",
+        "artifact_id": recipe["id"],
+        "public_key_id": key_id,
+        "image_root_archive_name": f"created-{uuid.uuid4().hex[:6]}",
+    }
+    start = time.monotonic()
+    response = api.post("/v3/jobs", json=body)
+    assert response.status_code == 201, response.text
+    job = response.json()
+    assert job["remote_build_node"] == node.address
+    done = wait_status(api, job["id"], {"success"}, timeout=3000)
+    took = time.monotonic() - start
+    image = api.get(f"/v3/images/{done['resultant_image_id']}").json()
+    manifest = store.read_json(S3Location.parse(image["link"]["path"]))
+    kinds = {artifact["type"].split(";")[0] for artifact in manifest["artifacts"]}
+    assert {"application/vnd.cray.image.kernel", "application/vnd.cray.image.initrd"} <= kinds, kinds
+    assert any(kind.startswith("application/vnd.cray.image.rootfs.squashfs") for kind in kinds), kinds
+    for artifact in manifest["artifacts"]:
+        assert store.head(S3Location.parse(artifact["link"]["path"])) is not None
+    assert f"on node {node.address}" in logs(api, job["id"])
+    wait_until(lambda: not on_node(node, job["id"]), 60, "the node's job directory removed")
+    print(f"TIMING remote_create (tbz recipe, on a node): POST->success {took:.0f} s")

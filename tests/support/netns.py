@@ -145,7 +145,8 @@ class TestNodes:
         return f"{SUBNET_PREFIX}.{self.subnet}.{200 + index}"
 
     @classmethod
-    def start(cls, count: int, authorized_key: str) -> TestNodes:
+    def start(cls, count: int, authorized_key: str, path: str | None = None) -> TestNodes:
+        """`path`: the PATH of SSH sessions on the nodes (e.g. with a virtualenv's kiwi-ng in front)."""
         tag = uuid.uuid4().hex[:4]
         subnet = _free_subnet()
         directory = STATE_ROOT / tag
@@ -156,13 +157,13 @@ class TestNodes:
             _ip("addr", "add", f"{group.host_address}/24", "dev", group.bridge)
             _ip("link", "set", group.bridge, "up")
             for index in range(count):
-                group._add_node(index, authorized_key)
+                group._add_node(index, authorized_key, path)
         except BaseException:
             group.stop()
             raise
         return group
 
-    def _add_node(self, index: int, authorized_key: str) -> TestNode:
+    def _add_node(self, index: int, authorized_key: str, path: str | None) -> TestNode:
         name = f"imr-{self.tag}-n{index}"
         host_link, node_link = f"imr{self.tag}h{index}", f"imr{self.tag}n{index}"
         node = TestNode(name, f"{SUBNET_PREFIX}.{self.subnet}.{11 + index}", self.directory / name, host_link)
@@ -195,6 +196,7 @@ class TestNodes:
                     "Subsystem sftp internal-sftp",
                     "MaxStartups 100:30:200",
                     "MaxSessions 50",
+                    *([f"SetEnv PATH={path}"] if path else []),
                     "",
                 ]
             )
