@@ -9,6 +9,7 @@ environment, watched, revoked) without kiwi or an SSH session.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -24,7 +25,7 @@ import httpx
 import pytest
 import sqlalchemy
 from tests.support.s3data import put_recipe
-from tests.support.servers import ImsServer, start_ims_server
+from tests.support.servers import ImsServer, PostgresCluster, start_ims_server
 
 from ims.artifacts.s3 import ArtifactStore
 from ims.domain.links import S3Location
@@ -62,36 +63,51 @@ class Job:
         return {"Authorization": f"Bearer {self.token}"}
 
 
-@pytest.fixture(scope="module")
-def stack(work_root: Path, s3_env: dict[str, str], artifact_store: ArtifactStore) -> Iterator[Stack]:
-    data_dir = work_root / f"ims-jobtokens-{uuid.uuid4().hex[:8]}"
-    server = start_ims_server(data_dir, s3_env, {"IMS_RUN_WORKERS": "false"})
+@contextlib.contextmanager
+def running_stack(
+    data_dir: Path, s3_env: dict[str, str], store: ArtifactStore, database_url: str = ""
+) -> Iterator[Stack]:
+    extra = {"IMS_RUN_WORKERS": "false", **({"IMS_DATABASE_URL": database_url} if database_url else {})}
+    server = start_ims_server(data_dir, s3_env, extra)
     port = server.url.rsplit(":", 1)[1]
     settings = load_settings(
-        IMS_DATA_DIR=str(data_dir), IMS_HOST="127.0.0.1", IMS_PORT=port, IMS_TASK_POLL_SECONDS="0.2", **s3_env
+        IMS_DATA_DIR=str(data_dir),
+        IMS_HOST="127.0.0.1",
+        IMS_PORT=port,
+        IMS_TASK_POLL_SECONDS="0.2",
+        IMS_DATABASE_URL=database_url,
+        **s3_env,
     )
     database = Database(settings.effective_database_url)
     runner = LocalRunner(settings.effective_jobs_dir, stage_command=["/bin/sh", "-c", STAGE])
     worker = JobWorker(database, settings, ArtifactStore(s3_config_from(settings)), runner, poll_seconds=0.2)
     worker.start()
     api = httpx.Client(base_url=server.url, timeout=30)
-    key = api.post("/v3/public-keys", json={"name": "job-token-key", "public_key": PUBLIC_KEY})
-    assert key.status_code == 201, key.text
-    stored = put_recipe(artifact_store)
-    recipe = api.post(
-        "/v3/recipes",
-        json={"name": "r", "recipe_type": "kiwi-ng", "linux_distribution": "sles15", "link": stored.link},
-    )
-    assert recipe.status_code == 201, recipe.text
-    yield Stack(server, api, worker, settings.effective_jobs_dir, artifact_store, key.json()["id"], recipe.json()["id"])
-    api.delete("/v3/jobs")
-    deadline = time.monotonic() + 30
-    while worker.watching() and time.monotonic() < deadline:
-        time.sleep(0.2)
-    worker.stop()
-    api.close()
-    database.dispose()
-    server.stop()
+    try:
+        key = api.post("/v3/public-keys", json={"name": "job-token-key", "public_key": PUBLIC_KEY})
+        assert key.status_code == 201, key.text
+        stored = put_recipe(store)
+        recipe = api.post(
+            "/v3/recipes",
+            json={"name": "r", "recipe_type": "kiwi-ng", "linux_distribution": "sles15", "link": stored.link},
+        )
+        assert recipe.status_code == 201, recipe.text
+        yield Stack(server, api, worker, settings.effective_jobs_dir, store, key.json()["id"], recipe.json()["id"])
+    finally:
+        api.delete("/v3/jobs")
+        deadline = time.monotonic() + 30
+        while worker.watching() and time.monotonic() < deadline:
+            time.sleep(0.2)
+        worker.stop()
+        api.close()
+        database.dispose()
+        server.stop()
+
+
+@pytest.fixture(scope="module")
+def stack(work_root: Path, s3_env: dict[str, str], artifact_store: ArtifactStore) -> Iterator[Stack]:
+    with running_stack(work_root / f"ims-jobtokens-{uuid.uuid4().hex[:8]}", s3_env, artifact_store) as running:
+        yield running
 
 
 def start_job(stack: Stack) -> Job:
@@ -524,3 +540,20 @@ def test_job_tokens_work_alongside_oidc(stack: Stack, job_b: Job, s3_env: dict[s
         os.killpg(server.process.pid, signal.SIGTERM)
         server.process.wait(30)
         issuer.stop()
+
+
+def test_tokens_on_postgresql(
+    work_root: Path, s3_env: dict[str, str], artifact_store: ArtifactStore, postgres: PostgresCluster
+) -> None:
+    url = postgres.create_database(f"jobtokens_{uuid.uuid4().hex[:8]}")
+    with running_stack(work_root / f"ims-jobtokens-pg-{uuid.uuid4().hex[:8]}", s3_env, artifact_store, url) as pg:
+        job, other = start_job(pg), start_job(pg)
+        assert call(pg, job, "GET", f"/v3/jobs/{job.id}").status_code == 200
+        assert_problem(call(pg, job, "GET", f"/v3/jobs/{other.id}"), 403)
+        image_id = call(pg, job, "POST", "/v3/images", {"name": "pg-result"}).json()["id"]
+        assert call(pg, job, "GET", f"/v3/images/{image_id}").status_code == 200
+        patched = call(pg, job, "PATCH", f"/v3/jobs/{job.id}", {"resultant_image_id": image_id, "status": "success"})
+        assert patched.status_code == 200, patched.text
+        _assert_revoked(pg, job)
+        assert pg.api.delete(f"/v3/jobs/{other.id}").status_code == 204
+        _assert_revoked(pg, other)
