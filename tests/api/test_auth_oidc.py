@@ -184,6 +184,7 @@ def test_a_token_without_an_ims_role_is_403(oidc_server: ImsServer, issuer: Loca
     assert response.status_code == 403 and "neither IMS role" in response.json()["detail"]
 
 
+@pytest.mark.slow
 def test_key_rotation_and_unknown_kids(oidc_server: ImsServer, issuer: LocalIssuer, admin_token: str) -> None:
     new_key = make_key("RS256")
     token = issuer.token(new_key, roles=["admin"])

@@ -452,6 +452,7 @@ def _assert_revoked(stack: Stack, job: Job) -> None:
     assert response.headers["www-authenticate"].startswith('Bearer realm="ims", error="invalid_token"')
 
 
+@pytest.mark.slow
 def test_the_token_ends_with_the_job(stack: Stack) -> None:
     ended = start_job(stack)
     # An upload left unfinished by the job is aborted when its process is gone (no parts left in S3).
@@ -517,6 +518,7 @@ def _launcher_pid(stack: Stack, job_id: str) -> int:
         engine.dispose()
 
 
+@pytest.mark.slow
 def test_job_tokens_work_alongside_oidc(stack: Stack, job_b: Job, s3_env: dict[str, str]) -> None:
     """A second server with IMS_AUTH=oidc on the same database: the job's token is recognised there too."""
     from tests.support.jwks import LocalIssuer
@@ -542,6 +544,8 @@ def test_job_tokens_work_alongside_oidc(stack: Stack, job_b: Job, s3_env: dict[s
         issuer.stop()
 
 
+@pytest.mark.slow
+@pytest.mark.postgres
 def test_tokens_on_postgresql(
     work_root: Path, s3_env: dict[str, str], artifact_store: ArtifactStore, postgres: PostgresCluster
 ) -> None:
