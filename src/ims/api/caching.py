@@ -233,6 +233,7 @@ class FastReads:
         self.services = services
         self.enabled = services.ctx.settings.auth_mode == "none"
         self.jobs = jobs
+        self._loaders: dict[tuple[str, bool], Callable[[], list[dict[str, Any]]]] = {}
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if (
@@ -288,6 +289,12 @@ class FastReads:
         return cache  # type: ignore[no-any-return]
 
     def _loader(self, collection: str, deleted: bool) -> Callable[[], list[dict[str, Any]]]:
+        found = self._loaders.get((collection, deleted))
+        if found is None:
+            found = self._loaders[(collection, deleted)] = self._make_loader(collection, deleted)
+        return found
+
+    def _make_loader(self, collection: str, deleted: bool) -> Callable[[], list[dict[str, Any]]]:
         if collection == "jobs":
             from ims.api.routers.jobs import jobs_of
 
