@@ -70,6 +70,7 @@ class Settings(BaseSettings):
     oidc_read_only_role: str = Field(default="read-only", validation_alias="IMS_OIDC_READ_ONLY_ROLE")
     oidc_clock_skew: float = Field(default=30.0, ge=0, le=3600, validation_alias="IMS_OIDC_CLOCK_SKEW")
     oidc_jwks_refresh_seconds: float = Field(default=30.0, ge=0, validation_alias="IMS_OIDC_JWKS_REFRESH_SECONDS")
+    oidc_ca_file: Path | None = Field(default=None, validation_alias="IMS_OIDC_CA_FILE")  # else the system's CAs
     # Remote build nodes (docs/remote-nodes.md): IMS's SSH key (made in the data dir when not given), probes.
     remote_node_key: Path | None = Field(default=None, validation_alias="IMS_REMOTE_NODE_KEY")
     remote_probe_timeout: float = Field(default=5.0, gt=0, validation_alias="IMS_REMOTE_PROBE_TIMEOUT")
