@@ -136,9 +136,13 @@ class NodeSsh:
         return self._after(xname, known_hosts, first, result)
 
     async def run_async(self, xname: str, remote: list[str], *, timeout: float) -> SshResult:
-        """The same call without a thread: an asyncio subprocess, killed when `timeout` passes."""
-        known_hosts, first = self._known_hosts(xname)
+        """The same call without a thread of the caller's: an asyncio subprocess, killed when `timeout` passes.
+
+        The database reads and writes around it (the trusted key) run on asyncio's own executor, never on
+        the event loop."""
+        known_hosts, first = await asyncio.to_thread(self._known_hosts, xname)
         argv = self.argv(xname, known_hosts, first, remote, timeout)
+        process: asyncio.subprocess.Process | None = None
         try:
             process = await asyncio.create_subprocess_exec(
                 *argv,
@@ -146,17 +150,21 @@ class NodeSsh:
                 stdout=asyncio.subprocess.PIPE,
                 stderr=asyncio.subprocess.PIPE,
             )
-        except OSError as exc:
-            return self._after(xname, known_hosts, first, SshResult(255, b"", f"could not run ssh: {exc}"))
-        try:
             stdout, stderr = await asyncio.wait_for(process.communicate(), timeout)
             result = SshResult(process.returncode or 0, stdout, stderr.decode(errors="replace"))
-        except TimeoutError:
-            with contextlib.suppress(ProcessLookupError):
-                process.kill()
-            await process.wait()
+        except OSError as exc:
+            result = SshResult(255, b"", f"could not run ssh: {exc}")
+        except (TimeoutError, asyncio.CancelledError) as exc:
+            if process is not None:
+                with contextlib.suppress(ProcessLookupError):
+                    process.kill()
+                await asyncio.shield(process.wait())
+            if isinstance(exc, asyncio.CancelledError):
+                with contextlib.suppress(OSError):
+                    known_hosts.unlink()
+                raise
             result = SshResult(255, b"", f"no answer within {timeout:g} s")
-        return self._after(xname, known_hosts, first, result)
+        return await asyncio.to_thread(self._after, xname, known_hosts, first, result)
 
 
 def _file_safe(xname: str) -> str:
