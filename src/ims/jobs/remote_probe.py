@@ -32,8 +32,14 @@ try:
     boot = open("/proc/sys/kernel/random/boot_id").read().strip()
 except OSError:
     boot = ""
-emulated = sorted(n[5:] for n in os.listdir("/proc/sys/fs/binfmt_misc") if n.startswith("qemu-")) \
-    if os.path.isdir("/proc/sys/fs/binfmt_misc") else []
+emulated = []
+if os.path.isdir("/proc/sys/fs/binfmt_misc"):
+    for name in sorted(os.listdir("/proc/sys/fs/binfmt_misc")):
+        try:
+            if name.startswith("qemu-") and open("/proc/sys/fs/binfmt_misc/" + name).readline().strip() == "enabled":
+                emulated.append(name[5:])
+        except OSError:
+            pass
 print(json.dumps({"arch": os.uname().machine, "python": list(sys.version_info[:3]), "tools": tools,
                   "jobs": jobs, "boot": boot, "emulated": emulated}))
 """
@@ -49,6 +55,7 @@ class NodeStatus:
     jobs: list[str] = field(default_factory=list)
     ready: bool = False
     can_create: bool = False
+    emulated: list[str] = field(default_factory=list)  # arches the node runs through qemu (binfmt_misc)
     checked: float = 0.0
 
     def public(self) -> dict[str, Any]:
@@ -76,6 +83,7 @@ def interpret(xname: str, stdout: bytes) -> NodeStatus:
         tools: dict[str, str | None] = facts["tools"]
         arch = str(facts["arch"])
         jobs = [str(name) for name in facts["jobs"]]
+        emulated = [str(name) for name in facts.get("emulated") or []]
     except (ValueError, KeyError, IndexError, TypeError):
         return NodeStatus(
             xname,
@@ -106,6 +114,7 @@ def interpret(xname: str, stdout: bytes) -> NodeStatus:
         jobs,
         ready=not problems,
         can_create=not problems and bool(tools.get("kiwi-ng")),
+        emulated=emulated,
         checked=time.monotonic(),
     )
 

@@ -191,11 +191,10 @@ class RemoteNodeService:
         if not xnames:
             return []
         statuses = self.access.prober.probe_all_sync(xnames)
-        fitting = [
-            status
-            for status in statuses
-            if status.ready and status.arch == arch and (job_type != "create" or status.can_create)
-        ]
+        usable = [status for status in statuses if status.ready and (job_type != "create" or status.can_create)]
+        fitting = [status for status in usable if status.arch == arch]
+        if not fitting:  # no native node: one that emulates the arch (qemu-user-static), else this host
+            fitting = [status for status in usable if arch in status.emulated]
         if not fitting:
             log.info(
                 "no remote build node fits a %s job for %s: %s",
