@@ -185,7 +185,8 @@ def load_settings_or_exit() -> Settings:
     except ValidationError as exc:
         first = exc.errors()[0]
         name = ".".join(str(part) for part in first.get("loc", ())) or "settings"
-        print(f"ims: invalid setting {name}: {first.get('msg')}", file=sys.stderr)
+        message = str(first.get("msg")).removeprefix("Value error, ")  # pydantic's prefix says nothing to a user
+        print(f"ims: invalid setting {name}: {message}", file=sys.stderr)
         raise SystemExit(2) from None
 
 

@@ -178,3 +178,11 @@ def test_tables_fit_the_terminal_and_wide_shows_all(cli: Cli) -> None:
     assert any(len(line) > 80 for line in wide.splitlines())
     assert "--wide shows all" not in wide
     assert "LINK.PATH" in wide.splitlines()[0] and "CREATED" in wide.splitlines()[0]
+
+
+def test_invalid_server_setting_is_one_line_without_library_prefix(tmp_path: Path) -> None:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("IMS_", "S3_", "LOG_LEVEL"))}
+    env.update({"IMS_LOG_LEVEL": "loud", "IMS_DATA_DIR": str(tmp_path)})
+    result = subprocess.run([IMS, "serve"], env=env, capture_output=True, text=True, timeout=60, check=False)
+    assert result.returncode == 2
+    assert result.stderr.strip() == "ims: invalid setting IMS_LOG_LEVEL: unknown log level 'loud'"
