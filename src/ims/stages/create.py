@@ -44,7 +44,8 @@ def debug_shell(env: JobEnvironment, reporter: Reporter, failure: BuildFailed) -
         root.mkdir(mode=0o755, parents=True)
         reporter.say(f"kiwi left no build root; {root} is an empty directory")
     reporter.say(
-        f"the build failed ({failure}); enable_debug is set: kiwi's log is {failure.log_path}, the build root {root}"
+        f"the build failed ({failure}); enable_debug is set: kiwi's log is {failure.log_path}, the build root {root} "
+        "(an unjailed session sees them at /mnt/image/kiwi.log and /mnt/image/build/image-root)"
     )
     try:
         verdict = sshenv(env, reporter, image_root=root)
