@@ -6,7 +6,8 @@ Usage (from the repository root; needs `wrk` from apt):
     .venv/bin/python bench/reads_bench.py                 # 10,000 images, 10 jobs, 10 s per phase
     .venv/bin/python bench/reads_bench.py --duration 5 --json results.json
 
-Machine limits, measured in the same run on the same CPUs and disk:
+Machine limits, measured in the same run on the same CPUs and disk, each right before the phase it is the
+limit of (so both meet about the same load from the rest of the machine):
 - reads: `wrk` against a bare ASGI app (bench/hello_app.py) under the same uvicorn (uvloop + httptools) with
   the same number of processes as `ims serve`, answering fixed bytes: a small JSON body for get and the jobs
   list, the 10,000-image list body itself for the list;
@@ -32,7 +33,7 @@ import sys
 import tempfile
 import time
 import uuid
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import httpx
@@ -84,7 +85,7 @@ class Phase:
     requests: int = 0
     errors: int = 0
     load: str = ""
-    notes: dict[str, str] = field(default_factory=dict)
+    limit: Phase | None = None  # the machine's limit, measured right before this phase
 
 
 def loadavg() -> str:
@@ -137,6 +138,22 @@ def raw_commit_rate(directory: Path, duration: float) -> Phase:
     phase.requests, phase.rps = len(latencies), len(latencies) / elapsed
     phase.p50_ms = latencies[len(latencies) // 2] * 1000
     phase.p99_ms = latencies[int(len(latencies) * 0.99)] * 1000
+    return phase
+
+
+def refill(server: ImsServer, image_id: str, rounds: int = 9) -> Phase:
+    """The list right after a write, when the cache must be filled again: a PATCH, then one GET, timed."""
+    phase = Phase("list right after a write", "", 1, load=loadavg())
+    latencies = []
+    with httpx.Client(base_url=server.url, timeout=120) as client:
+        for n in range(rounds):
+            client.patch(f"/v3/images/{image_id}", json={"name": f"refill-{n}"}).raise_for_status()
+            started = time.perf_counter()
+            client.get("/v3/images").raise_for_status()
+            latencies.append(time.perf_counter() - started)
+    latencies.sort()
+    phase.requests, phase.p50_ms, phase.p99_ms = rounds, latencies[rounds // 2] * 1000, latencies[-1] * 1000
+    phase.rps = 1 / latencies[rounds // 2]
     return phase
 
 
@@ -294,16 +311,16 @@ def ratio(value: float, reference: float | None) -> str:
     return f"{value / reference:.2f}×" if reference else "–"
 
 
-def table(phases: list[Phase], limits: dict[str, Phase]) -> str:
+def table(phases: list[Phase]) -> str:
     lines = [
         "| scenario | conns | req/s | p50 ms | p99 ms | errors | load | original req/s, p99 | × original req/s |"
-        " p99 / original p99 | machine limit req/s | / limit | goal |",
+        " p99 / original p99 | machine limit req/s, p99 | / limit req/s | goal |",
         "|---|---:|---:|---:|---:|---:|---|---|---:|---:|---:|---:|---|",
     ]
-    for p in phases:
+    for p in (phase for phase in phases if phase.target == "ims"):
         key = p.name.split()[0]
         original = ORIGINAL.get(key) if p.target == "ims" else None
-        limit = (limits.get(f"{key}:{p.connections}") or limits.get(key)) if p.target == "ims" else None
+        limit = p.limit
         orig_text = (
             "–" if original is None else (f"{original[0]:g}, {original[1]:g} ms" if original[1] else f"{original[0]:g}")
         )
@@ -311,7 +328,7 @@ def table(phases: list[Phase], limits: dict[str, Phase]) -> str:
         lines.append(
             f"| {p.name} | {p.connections} | {p.rps:,.1f} | {p.p50_ms:.2f} | {p.p99_ms:.2f} | {p.errors} | {p.load} | "
             f"{orig_text} | {ratio(p.rps, original[0] if original else None)} | {p99_ratio} | "
-            f"{f'{limit.rps:,.0f}' if limit else '–'} | {ratio(p.rps, limit.rps if limit else None)} | "
+            f"{f'{limit.rps:,.0f}, {limit.p99_ms:.1f} ms' if limit else '–'} | {ratio(p.rps, limit.rps if limit else None)} | "
             f"{GOALS.get(key, '') if p.target == 'ims' else 'machine limit'} |"
         )
     return "\n".join(lines)
@@ -343,7 +360,6 @@ def main() -> int:
     server: ImsServer | None = None
     hello: HelloServer | None = None
     phases: list[Phase] = []
-    limits: dict[str, Phase] = {}
 
     def record(phase: Phase, target: str) -> Phase:
         phase.target = target
@@ -379,89 +395,45 @@ def main() -> int:
         get_one = (
             ids_lua + 'request = function() return wrk.format("GET", "/v3/images/" .. ids[math.random(#ids)]) end\n'
         )
-        limits["list"] = record(
-            wrk(hello.url, get_script("/list"), args.list_connections, args.duration, scratch, "list (static bytes)"),
-            "limit",
-        )
-        for connections in read_connections:
-            limits[f"get:{connections}"] = limits[f"jobs:{connections}"] = record(
-                wrk(hello.url, get_script("/hello"), connections, args.duration, scratch, "hello (small JSON)"), "limit"
-            )
-        limits["create"] = limits["patch"] = limits["delete"] = record(
-            raw_commit_rate(scratch / "ims", args.duration), "limit"
-        )
+        list_tag, jobs_tag = (response.headers["etag"].replace('"', '\\"') for response in (listed, jobs))
+        static, small = get_script("/list"), get_script("/hello")
+        # (name, connections, ims script, limit script): each phase right after its limit, so both meet the same
+        # load from the rest of the machine.
+        reads = [
+            ("list 10,000 images", args.list_connections, get_script("/v3/images"), static),
+            (
+                "list If-None-Match (304)",
+                args.list_connections,
+                get_script("/v3/images", {"If-None-Match": list_tag}),
+                static,
+            ),
+            *(("get one image", c, get_one, small) for c in read_connections),
+            *(("jobs list (10)", c, get_script("/v3/jobs"), small) for c in read_connections),
+            (
+                "jobs If-None-Match (304)",
+                read_connections[0],
+                get_script("/v3/jobs", {"If-None-Match": jobs_tag}),
+                small,
+            ),
+        ]
+        for name, connections, script, limit_script in reads:
+            limit_name = "list (static bytes)" if limit_script is static else "hello (small JSON)"
+            limit = record(wrk(hello.url, limit_script, connections, args.duration, scratch, limit_name), "limit")
+            wrk(server.url, script, connections, 2, scratch, "warm-up")  # every server process has its entries
+            record(wrk(server.url, script, connections, args.duration, scratch, name), "ims").limit = limit
         hello.stop()
         hello = None
+        record(refill(server, ids[1]), "ims")
 
-        record(
-            wrk(
-                server.url,
-                get_script("/v3/images"),
-                args.list_connections,
-                args.duration,
-                scratch,
-                "list 10,000 images",
-            ),
-            "ims",
-        )
-        etag = listed.headers["etag"]
-        record(
-            wrk(
-                server.url,
-                get_script("/v3/images", {"If-None-Match": etag.replace('"', '\\"')}),
-                args.list_connections,
-                args.duration,
-                scratch,
-                "list If-None-Match (304)",
-            ),
-            "ims",
-        )
-        for connections in read_connections:
-            record(wrk(server.url, get_one, connections, args.duration, scratch, "get one image"), "ims")
-        for connections in read_connections:
-            record(
-                wrk(server.url, get_script("/v3/jobs"), connections, args.duration, scratch, "jobs list (10)"), "ims"
-            )
-        record(
-            wrk(
-                server.url,
-                get_script("/v3/jobs", {"If-None-Match": jobs.headers["etag"].replace('"', '\\"')}),
-                read_connections[0],
-                args.duration,
-                scratch,
-                "jobs If-None-Match (304)",
-            ),
-            "ims",
-        )
-
-        patch_ids = _lua_ids(ids) + "math.randomseed(os.time())\n"
-        record(
-            wrk(server.url, WRITE_SCRIPTS["create"], args.write_connections, args.duration, scratch, "create image"),
-            "ims",
-        )
-        record(
-            wrk(
-                server.url,
-                patch_ids + WRITE_SCRIPTS["patch"],
-                args.write_connections,
-                args.duration,
-                scratch,
-                "patch image",
-            ),
-            "ims",
-        )
         doomed = seed_images(server, int(max(2000.0, 1500 * args.duration)), "doomed")
-        record(
-            wrk(
-                server.url,
-                _lua_ids(doomed) + WRITE_SCRIPTS["delete"],
-                args.write_connections,
-                args.duration,
-                scratch,
-                "delete image (soft)",
-            ),
-            "ims",
-        )
+        writes = [
+            ("create image", WRITE_SCRIPTS["create"]),
+            ("patch image", ids_lua + WRITE_SCRIPTS["patch"]),
+            ("delete image (soft)", _lua_ids(doomed) + WRITE_SCRIPTS["delete"]),
+        ]
+        for name, script in writes:
+            limit = record(raw_commit_rate(scratch / "ims", args.duration), "limit")
+            record(wrk(server.url, script, args.write_connections, args.duration, scratch, name), "ims").limit = limit
     finally:
         if hello is not None:
             hello.stop()
@@ -474,7 +446,7 @@ def main() -> int:
         f"\n{os.cpu_count()} CPUs; load {loadavg()} at the end; ims serve with {workers} processes; "
         f"{args.images} images, {args.jobs} jobs; wrk -t1; {args.duration:g} s per phase\n"
     )
-    print(table(phases, limits))
+    print(table(phases))
     if args.json:
         args.json.write_text(json.dumps([asdict(p) for p in phases], indent=2))
     return 1 if any(p.errors for p in phases if "304" not in p.name) else 0

@@ -18,10 +18,13 @@ changes it. `If-None-Match` with a matching tag (or `*`) answers 304 with no bod
 from __future__ import annotations
 
 import asyncio
+import gc
 import hashlib
 import re
+import threading
 from collections import OrderedDict
-from collections.abc import Callable, Hashable
+from collections.abc import Callable, Hashable, Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import orjson
@@ -86,10 +89,33 @@ def respond(request: Request, entry: Entry) -> Response:
     return Response(entry.body, media_type=_JSON, headers={"ETag": entry.etag})
 
 
+_gc_lock = threading.Lock()
+_gc_pauses = 0
+
+
+@contextmanager
+def _no_collection() -> Iterator[None]:
+    """A fill builds thousands of short-lived dicts at once: the cyclic collector would walk them over and over
+    (a third of a fill's time in profiles) though they hold no cycles. Reference counting frees them."""
+    global _gc_pauses
+    with _gc_lock:
+        _gc_pauses += 1
+        gc.disable()
+    try:
+        yield
+    finally:
+        with _gc_lock:
+            _gc_pauses -= 1
+            if _gc_pauses == 0:
+                gc.enable()
+
+
 def _fill_list(version: int, load: Callable[[], list[dict[str, Any]]], id_field: str) -> Filled:
-    records = load()
-    parts = [encode(record) for record in records]
-    entries = [(str(record[id_field]), Entry(version, part)) for record, part in zip(records, parts, strict=True)]
+    with _no_collection():
+        records = load()
+        parts = [encode(record) for record in records]
+        entries = [(str(record[id_field]), Entry(version, part)) for record, part in zip(records, parts, strict=True)]
+        del records
     # orjson writes a list as its items joined by commas in brackets: the same bytes as encode(records).
     return Filled(Entry(version, b"[" + b",".join(parts) + b"]"), entries)
 
