@@ -145,7 +145,11 @@ def test_a_failing_bwrap_ends_the_ssh_stage_with_the_reason(
     reporter, log = reporter_for(env)
     with pytest.raises(StageError, match="sandbox could not start.*No permissions to create new namespace"):
         sshenv(env, reporter)
-    assert run_stage("sshenv", reporter, lambda: sshenv(env, reporter)) != 0
+
+    def stage() -> None:
+        sshenv(env, reporter)
+
+    assert run_stage("sshenv", reporter, stage) != 0
     assert "job status -> error" in log.text() and "No permissions to create new namespace" in log.text()
 
 
