@@ -31,6 +31,7 @@ from ims.api.oidc import KeysUnavailable, OidcVerifier, TokenRejected
 from ims.domain.errors import ImsError
 from ims.services.job_tokens import MAX_RESULT_IMAGES, JobToken, JobTokenService
 from ims.services.job_uploads import decode_upload_id
+from ims.settings import is_loopback
 from ims.store.job_tokens import looks_like_job_token
 
 log = logging.getLogger(__name__)
@@ -348,6 +349,9 @@ def install(app: FastAPI, services: Services) -> None:
     """Call before the routers are included: every route they add runs the Authorizer first."""
     authorizer = Authorizer(services)
     app.state.authorizer = authorizer
+    settings = services.ctx.settings
+    if authorizer.mode == "none" and not is_loopback(settings.host):
+        log.warning("IMS_AUTH=none on %s: every caller without a job token may do everything", settings.host)
     app.router.dependencies.append(Depends(authorizer))
 
     async def _auth_error(_: Request, exc: Exception) -> JSONResponse:
