@@ -95,13 +95,20 @@ TAG_DESCRIPTIONS = {
 
 _AUTO_VALIDATION = "#/components/schemas/HTTPValidationError"
 _TOO_LARGE = "#/components/responses/BodyTooLarge"
+_BAD_QUERY = "#/components/responses/NulInQuery"
 
 
 def finish(schema: dict[str, Any]) -> dict[str, Any]:
     """Fill in what FastAPI's generator does not know about our error handling, tags and security."""
     components = schema.setdefault("components", {})
     components.setdefault("schemas", {}).update(documented_schemas())
-    components["responses"] = {"BodyTooLarge": error_response(413)}
+    components["responses"] = {
+        "BodyTooLarge": error_response(413),
+        "NulInQuery": {
+            "description": "A NUL character in the query string (refused on every path).",
+            "content": {PROBLEM_JSON: {"schema": ref(models.Problem)}},
+        },
+    }
     components["securitySchemes"] = {
         "bearerAuth": {
             "type": "http",
@@ -134,8 +141,9 @@ def _fix_responses(operation: dict[str, Any]) -> None:
         del responses_["422"]
         if "400" not in responses_ and any(_can_fail(p) for p in operation.get("parameters", [])):
             responses_["400"] = error_response(400)
-    # The body size limit applies to every request, whatever its method.
+    # The body size limit applies to every request, whatever its method; so does the NUL rule for queries.
     responses_["413"] = {"$ref": _TOO_LARGE}
+    responses_.setdefault("400", {"$ref": _BAD_QUERY})
     operation["responses"] = dict(sorted(responses_.items()))
 
 

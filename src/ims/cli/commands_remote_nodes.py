@@ -6,6 +6,8 @@ import typer
 
 from ims.cli.crud import RecordCommands, add_crud
 from ims.cli.session import Session, api_command
+from ims.client.config import ConfigError
+from ims.domain.validation import check_xname
 
 app = typer.Typer(help="Remote build nodes (cray ims remote-build-nodes).", no_args_is_help=True)
 status_app = typer.Typer(help="Live status of the nodes (checked over SSH on every call).", no_args_is_help=True)
@@ -32,6 +34,9 @@ def create_node(session: Session, xname: str = typer.Option(..., "--xname", help
 
     Example: ims remote-build-nodes create --xname x3000c0s19b4n0
     """
+    problem = check_xname(xname)  # the server's rule, checked before sending (ims.domain.validation)
+    if problem is not None:
+        raise ConfigError(problem)
     session.show(session.ims.remote_build_nodes.create(xname))
 
 
