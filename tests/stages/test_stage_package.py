@@ -139,6 +139,7 @@ def _multipart_etag(path: Path, first: int, size: int) -> str:
     return f"{hashlib.md5(b''.join(digests)).hexdigest()}-{len(digests)}"
 
 
+@pytest.mark.slow
 def test_package_uploads_through_presigned_urls_with_only_the_job_token(
     job_dir: Path, test_image: LocalImage, job_seat: JobSeat, artifact_store: ArtifactStore
 ) -> None:
@@ -227,6 +228,7 @@ def _writer_like_mksquashfs(path: Path, chunks: list[bytes], superblock: bytes, 
         out.write(superblock)
 
 
+@pytest.mark.slow
 def test_an_overlapped_upload_sends_again_what_the_writer_rewrote(
     job_dir: Path, job_seat: JobSeat, artifact_store: ArtifactStore
 ) -> None:

@@ -212,6 +212,7 @@ def test_a_single_part_etag_equal_to_the_md5_is_trusted_and_a_wrong_one_is_not(t
     assert (tmp_path / "a").read_bytes() == body == (tmp_path / "b").read_bytes()
 
 
+@pytest.mark.slow
 def test_an_expired_download_url_is_signed_again_by_ims(
     fresh_ims_server: ImsServer,
     job_dir: Path,
