@@ -9,12 +9,23 @@ import sys
 from pathlib import Path
 
 import pytest
-from tests.stages.kit import KeyPair, LocalImage, base_env, reporter_for, unpack
+from tests.stages.kit import (
+    Background,
+    KeyPair,
+    LocalImage,
+    LogBuffer,
+    base_env,
+    reporter_for,
+    ssh,
+    unpack,
+    wait_for,
+)
 
 from ims.stages.build import last_error_line
 from ims.stages.environment import JobEnvironment
 from ims.stages.reporting import StageError, run_stage
 from ims.stages.sandbox import OCI_DEFAULT_CAPS, Sandbox, SandboxError, clean_env, launch, run
+from ims.stages.signals import Verdict
 from ims.stages.sshenv import sshenv
 
 pytestmark = pytest.mark.skipif(shutil.which("bwrap") is None or os.geteuid() != 0, reason="needs bwrap, as root")
@@ -168,3 +179,50 @@ def test_a_failing_bwrap_gives_kiwi_builds_a_reason(monkeypatch: pytest.MonkeyPa
     assert done.returncode != 0
     assert "No permissions to create new namespace" in done.stderr
     assert "kiwi's sandbox" in last_error_line(log)
+
+
+def _session(job_dir: Path, image: LocalImage, key: KeyPair, port: int, jail: bool) -> tuple[Background, LogBuffer]:
+    unpack(image.archive, job_dir / "image-root")
+    env = JobEnvironment.from_env(
+        base_env(job_dir, IMS_PUBLIC_KEY=key.public, IMS_SSH_PORT=str(port), SSH_JAIL=str(jail))
+    )
+    reporter, log = reporter_for(env)
+    stage = Background(lambda: sshenv(env, reporter))
+    wait_for(lambda: "waiting_on_user" in log.text() or not stage.thread.is_alive(), what="sshd")
+    return stage, log
+
+
+def test_an_unjailed_session_cannot_replace_what_the_stage_uses_afterwards(
+    job_dir: Path, test_image: LocalImage, user_key: KeyPair, ssh_port: int
+) -> None:
+    (job_dir / "image.sqsh").write_bytes(b"input")
+    stage, _ = _session(job_dir, test_image, user_key, ssh_port, jail=False)
+    # The image root is a mount point in the sandbox: it cannot be moved aside and replaced by a link to `/`.
+    moved = ssh(user_key, ssh_port, f"{BUSYBOX} mv /mnt/image/image-root /mnt/image/aside")
+    assert moved.returncode != 0, moved.stdout
+    for command in ("echo x > /mnt/image/image.sqsh", "rm /mnt/image/image.sqsh", "rm -rf /mnt/image/sshd"):
+        assert ssh(user_key, ssh_port, command).returncode != 0, command
+    # What the session may create in /mnt/image stays in its own directory, never in the work area itself.
+    made = ssh(user_key, ssh_port, f"{BUSYBOX} ln -s / /mnt/image/customized-image.sqsh; ls /mnt/image")
+    assert made.returncode == 0 and "image-root" in made.stdout, made.stderr
+    assert not os.path.lexists(job_dir / "customized-image.sqsh")
+    assert ssh(user_key, ssh_port, "echo edited > /mnt/image/image-root/etc/motd").returncode == 0
+    assert ssh(user_key, ssh_port, "touch /mnt/image/complete").returncode in (0, 255)
+    assert stage.join() is Verdict.COMPLETE
+    assert (job_dir / "image-root").is_dir() and not (job_dir / "image-root").is_symlink()
+    assert (job_dir / "image-root" / "etc" / "motd").read_text() == "edited\n"
+    assert (job_dir / "image.sqsh").read_bytes() == b"input"
+
+
+def test_a_jail_whose_etc_became_a_link_keeps_the_hosts_resolv_conf_safe(
+    job_dir: Path, test_image: LocalImage, user_key: KeyPair, ssh_port: int
+) -> None:
+    host_resolv = Path("/etc/resolv.conf").read_bytes()
+    stage, log = _session(job_dir, test_image, user_key, ssh_port, jail=True)
+    swapped = ssh(
+        user_key, ssh_port, f"{BUSYBOX} mv /etc /etc.real && {BUSYBOX} ln -s /etc /etc && touch /tmp/complete"
+    )
+    assert swapped.returncode in (0, 255), swapped.stderr
+    assert stage.join() is Verdict.COMPLETE
+    assert Path("/etc/resolv.conf").read_bytes() == host_resolv  # never written through the link
+    assert "resolv.conf was left as it is" in log.text()

@@ -22,12 +22,14 @@ class ResolvSwap:
         self.saved = keep_dir / "resolv.conf.image"
         self.had_original = False
         self.active = False
+        self.etc_real = ""  # the image's /etc as it was: the session may swap it for a link meanwhile
 
     def swap_in(self) -> bool:
         """Returns False when there is nothing to do (no host file, or no /etc in the image)."""
         if not HOST_RESOLV.is_file() or not self.target.parent.is_dir() or self.target.parent.is_symlink():
             return False
         self.saved.unlink(missing_ok=True)
+        self.etc_real = os.path.realpath(self.target.parent)
         if os.path.lexists(self.target):
             if stat.S_ISDIR(os.lstat(self.target).st_mode):
                 return False
@@ -38,14 +40,22 @@ class ResolvSwap:
         self.active = True
         return True
 
-    def restore(self) -> None:
+    def restore(self) -> bool:
+        """Put the image's file back; False when the session replaced the image's /etc (then nothing is touched).
+
+        Called once the session is over: the path is checked again, so a link the user left in place of
+        /etc (say, to the host's /etc) is never written through by this root process.
+        """
         if not self.active:
-            return
+            return True
+        self.active = False
+        if os.path.realpath(self.target.parent) != self.etc_real or self.target.parent.is_symlink():
+            return False
         if os.path.lexists(self.target) and not stat.S_ISDIR(os.lstat(self.target).st_mode):
             self.target.unlink()
         if self.had_original:
             _move(self.saved, self.target)
-        self.active = False
+        return True
 
 
 def _move(source: Path, target: Path) -> None:

@@ -37,9 +37,12 @@ class SignalPlaces:
 
     parent: Path
     image_root: Path | None  # set when jailed
+    session: Path | None = None  # an unjailed sandbox's /mnt/image, when it is not `parent` itself
 
     def paths(self, name: str) -> list[Path]:
         places = [self.parent / name]
+        if self.session is not None:
+            places.append(self.session / name)
         if self.image_root is not None:
             # Only the directory is resolved: the flag itself is never followed, so clearing a
             # `/tmp/complete -> /etc/passwd` link removes the link and nothing else.

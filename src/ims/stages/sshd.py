@@ -15,6 +15,7 @@ job's directory exists in the sandbox. Stopping the sandbox ends sshd and every 
 from __future__ import annotations
 
 import os
+import shutil
 import socket
 import subprocess
 import time
@@ -31,6 +32,7 @@ WORK_AREA = Path("/mnt/image")  # the original's IMAGE_ROOT_PARENT
 JAIL = WORK_AREA / "image-root"
 SSHD_FILES = Path("/run/ims-sshd")
 SSHD_LOG = Path("/run/ims-sshd.log")
+SESSION_DIR = ".session"
 _FORBIDDEN_IN_CONFIG = set(' \t\n\r"%#\\')
 # What the original mounts into the image root for DKMS builds.
 DKMS_DIRS = ("proc", "sys", "dev")
@@ -128,13 +130,38 @@ def dkms_dirs(image_root: Path) -> list[str]:
     return [name for name in DKMS_DIRS if (image_root / name).is_dir() and not (image_root / name).is_symlink()]
 
 
-def session_sandbox(
-    work_area: Path, files: SshdFiles, *, image_root: Path | None = None, dkms: bool = False, job_id: str = ""
-) -> Sandbox:
-    """The sandbox sshd and its sessions live in.
+def session_dir(work_area: Path) -> Path:
+    """The host directory an unjailed session sees as /mnt/image (its signal files land there)."""
+    return work_area / SESSION_DIR
 
-    `image_root` set: jailed into that tree (bound at /mnt/image/image-root). Otherwise the toolbox is
-    the session's `/` and `work_area` (the job's IMAGE_ROOT_PARENT) is bound at /mnt/image.
+
+def _fresh_session_dir(work_area: Path) -> Path:
+    path = session_dir(work_area)
+    if path.is_symlink() or path.is_file():
+        path.unlink()
+    elif path.exists():
+        shutil.rmtree(path)
+    path.mkdir(mode=0o755)
+    return path
+
+
+def session_sandbox(
+    work_area: Path,
+    files: SshdFiles,
+    root: Path,
+    *,
+    jailed: bool,
+    dkms: bool = False,
+    job_id: str = "",
+) -> Sandbox:
+    """The sandbox sshd and its sessions live in; `root` is the tree the session works on.
+
+    Jailed: `root` is bound at /mnt/image/image-root and sshd chroots sessions into it. Unjailed: the
+    toolbox is the session's `/`, and /mnt/image shows the job's work area (`work_area`, the job's
+    IMAGE_ROOT_PARENT) as the original's container does: `root` read-write at its place, every other
+    entry read-only, and the directory itself is the writable `.session` directory where `complete` and
+    `failed` land. So nothing the stage uses after the session (the image root's path, the output
+    archive) can be replaced by a link from inside.
     """
     # IMS_JOB_ID only (the session gets it through SetEnv anyway): operators find the job's processes by it.
     box = (
@@ -144,10 +171,10 @@ def session_sandbox(
     box.ro_bind(files.directory, SSHD_FILES)
     files.log.touch(mode=0o600)
     box.bind(files.log, SSHD_LOG)  # sshd's log: the only file of its own that it writes
-    if image_root is not None:
-        box.bind(image_root, JAIL)
+    if jailed:
+        box.bind(root, JAIL)
         if dkms:
-            for name in dkms_dirs(image_root):
+            for name in dkms_dirs(root):
                 target = f"{JAIL}/{name}"
                 if name == "proc":
                     box.proc(target)
@@ -157,13 +184,19 @@ def session_sandbox(
                     box.dev(target).remount_ro(target)
     else:
         box.tmpfs("/root")
-        box.bind(work_area, WORK_AREA)
-        try:
-            inside = WORK_AREA / files.directory.relative_to(work_area)
-        except ValueError:
-            pass
-        else:
-            box.ro_bind(files.directory, inside)  # the session cannot rewrite its own authorized_keys
+        box.bind(_fresh_session_dir(work_area), WORK_AREA)
+        relative = root.relative_to(work_area)
+        top = work_area / relative.parts[0]
+        for entry in sorted(work_area.iterdir()):
+            if entry.name == SESSION_DIR or entry.is_symlink() or not (entry.is_dir() or entry.is_file()):
+                continue
+            if entry == root:
+                box.bind(entry, WORK_AREA / entry.name)
+            else:
+                # Read-only, sshd's own files included: the session cannot rewrite its authorized_keys.
+                box.ro_bind(entry, WORK_AREA / entry.name)
+                if entry == top:
+                    box.bind(root, WORK_AREA / relative)
     return box.remount_ro("/")
 
 
@@ -171,15 +204,21 @@ def session_sandbox(
 class SshServer:
     env: JobEnvironment
     files: SshdFiles
-    image_root: Path | None  # jailed into it when set
+    root: Path  # the tree the session works on
+    jailed: bool
     dkms: bool = False
     sandbox: SandboxProcess | None = field(default=None, init=False)
 
     def start(self) -> None:
-        self.files.config.write_text(render_config(self.env, self.files, self.image_root is not None))
+        self.files.config.write_text(render_config(self.env, self.files, self.jailed))
         self.files.config.chmod(0o600)
         box = session_sandbox(
-            self.env.image_root_parent, self.files, image_root=self.image_root, dkms=self.dkms, job_id=self.env.job_id
+            self.env.image_root_parent,
+            self.files,
+            self.root,
+            jailed=self.jailed,
+            dkms=self.dkms,
+            job_id=self.env.job_id,
         )
         # -E, not -e: with -e a session's own sshd process would log onto the user's channel.
         command = [SSHD, "-D", "-E", str(SSHD_LOG), "-f", str(self.files.inside(self.files.config))]

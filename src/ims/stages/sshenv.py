@@ -11,7 +11,7 @@ from ims.stages.hostkeys import host_key_lines
 from ims.stages.reporting import Reporter, StageError
 from ims.stages.resolv import ResolvSwap
 from ims.stages.signals import SignalPlaces, Verdict
-from ims.stages.sshd import WORK_AREA, SshdFiles, SshServer, write_keys
+from ims.stages.sshd import WORK_AREA, SshdFiles, SshServer, session_dir, write_keys
 
 
 def _prepare_jail(image_root: Path) -> None:
@@ -21,7 +21,10 @@ def _prepare_jail(image_root: Path) -> None:
 
 
 def signal_places(env: JobEnvironment, image_root: Path | None = None) -> SignalPlaces:
-    return SignalPlaces(env.image_root_parent, (image_root or env.image_root) if env.ssh_jail else None)
+    if env.ssh_jail:
+        return SignalPlaces(env.image_root_parent, image_root or env.image_root)
+    # The unjailed session's /mnt/image is the work area's session directory (see sshd.session_sandbox).
+    return SignalPlaces(env.image_root_parent, None, session_dir(env.image_root_parent))
 
 
 def sshenv(env: JobEnvironment, reporter: Reporter, image_root: Path | None = None) -> Verdict:
@@ -39,7 +42,7 @@ def sshenv(env: JobEnvironment, reporter: Reporter, image_root: Path | None = No
         _prepare_jail(root)
     places = signal_places(env, root)
     places.clear()
-    server = SshServer(env, files, root if env.ssh_jail else None, dkms=env.ssh_jail and env.dkms_enabled)
+    server = SshServer(env, files, root, env.ssh_jail, dkms=env.ssh_jail and env.dkms_enabled)
     resolv = ResolvSwap(root, files.directory)
     try:
         if resolv.swap_in():
@@ -72,5 +75,6 @@ def sshenv(env: JobEnvironment, reporter: Reporter, image_root: Path | None = No
         return verdict
     finally:
         server.stop()
-        resolv.restore()
+        if not resolv.restore():
+            reporter.say("the image's /etc was replaced during the session; its resolv.conf was left as it is")
         places.clear()
