@@ -32,7 +32,7 @@ from tests.jobs.kit import (
 )
 from tests.stages.kit import KeyPair, LocalImage, make_keypair
 from tests.support.images import md5_of, read_from_squashfs, register_in_s3
-from tests.support.netns import TestNode, TestNodes, start_ims_at, stop_ims_keeping_jobs
+from tests.support.netns import ArchiveProxy, TestNode, TestNodes, start_ims_at, stop_ims_keeping_jobs
 from tests.support.servers import ImsServer
 
 import ims
@@ -361,11 +361,19 @@ def test_deleting_a_node_that_runs_a_job_lets_the_job_finish(
 
 @pytest.mark.skipif(not os.environ.get(CREATE_OPT_IN), reason=f"a kiwi build takes many minutes: set {CREATE_OPT_IN}=1")
 def test_create_on_a_node(
-    api: httpx.Client, nodes: TestNodes, store: ArtifactStore, job_key: KeyPair, key_id: str, tmp_path: Path
+    api: httpx.Client,
+    nodes: TestNodes,
+    store: ArtifactStore,
+    job_key: KeyPair,
+    key_id: str,
+    request: pytest.FixtureRequest,
 ) -> None:
     node = nodes.nodes[0]
     register(api, node)
     assert "kiwi-ng" in api.get(f"/v3/remote-build-nodes/status/{node.address}").json()["podmanStatus"]
+    # The nodes have no route out: their archive is this machine's, through a proxy on the bridge.
+    proxy = ArchiveProxy(nodes.host_address, debian_archive_uri())
+    request.addfinalizer(proxy.stop)
     with Ims(ImsClient(str(api.base_url))) as client:
         recipe = upload_recipe(
             client,
@@ -374,7 +382,7 @@ def test_create_on_a_node(
             source=RECIPES / "debian-bookworm-tbz",
             linux_distribution="debian12",
             recipe_type="kiwi-ng",
-            template_dictionary={"debian_mirror": debian_archive_uri()},
+            template_dictionary={"debian_mirror": proxy.url},
         ).recipe
     body = {
         "job_type": "create",

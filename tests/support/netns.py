@@ -262,3 +262,60 @@ def stop_ims_keeping_jobs(server: ImsServer) -> None:
     except subprocess.TimeoutExpired:
         os.killpg(server.process.pid, signal.SIGKILL)
         server.process.wait(5)
+
+
+class ArchiveProxy:
+    """A small reverse proxy on the nodes' bridge for the Debian archive this machine's apt uses: the nodes
+    have no route out, so a create job's repositories are templated to `url` and fetched through here."""
+
+    def __init__(self, address: str, upstream: str) -> None:
+        import http.server
+        import threading
+        import urllib.error
+        import urllib.request
+
+        base = upstream.rstrip("/")
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def log_message(self, format: str, *args: object) -> None:  # noqa: A002 - the base class's name
+                pass
+
+            def _forward(self, body: bool) -> None:
+                request = urllib.request.Request(base + self.path, method="GET" if body else "HEAD")  # noqa: S310
+                try:
+                    upstream_response = urllib.request.urlopen(request, timeout=60)  # noqa: S310
+                except urllib.error.HTTPError as exc:
+                    upstream_response = exc
+                except OSError:
+                    self.send_error(502)
+                    return
+                with upstream_response:
+                    self.send_response(upstream_response.status)
+                    for name in ("Content-Type", "Content-Length", "Last-Modified", "ETag"):
+                        value = upstream_response.headers.get(name)
+                        if value:
+                            self.send_header(name, value)
+                    if upstream_response.headers.get("Content-Length") is None:
+                        self.send_header("Connection", "close")
+                        self.close_connection = True
+                    self.end_headers()
+                    if body:
+                        while chunk := upstream_response.read(1 << 16):
+                            self.wfile.write(chunk)
+
+            def do_GET(self) -> None:  # noqa: N802 - the base class's name
+                self._forward(True)
+
+            def do_HEAD(self) -> None:  # noqa: N802
+                self._forward(False)
+
+        self.server = http.server.ThreadingHTTPServer((address, 0), Handler)
+        self.url = f"http://{address}:{self.server.server_address[1]}/"
+        self._thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
