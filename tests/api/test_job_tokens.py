@@ -455,8 +455,10 @@ def _assert_revoked(stack: Stack, job: Job) -> None:
 @pytest.mark.slow
 def test_the_token_ends_with_the_job(stack: Stack) -> None:
     ended = start_job(stack)
-    # An upload left unfinished by the job is aborted when its process is gone (no parts left in S3).
+    # What the job left half done goes when its process is gone: an upload it never completed (no parts
+    # left in S3), and the image it created but never linked, with the objects it did upload.
     image_id = call(stack, ended, "POST", "/v3/images", {"name": "half"}).json()["id"]
+    _upload(stack, ended, image_id, "kernel", [b"kernel bytes"])
     upload = call(stack, ended, "POST", f"/v3/jobs/{ended.id}/uploads", {"image_id": image_id, "name": "rootfs"})
     urls = call(
         stack, ended, "POST", f"/v3/jobs/{ended.id}/uploads/{upload.json()['upload_id']}/parts", {"part_numbers": [1]}
@@ -473,9 +475,10 @@ def test_the_token_ends_with_the_job(stack: Stack) -> None:
     _assert_revoked(stack, ended)
 
     deadline = time.monotonic() + 30
-    while unfinished():
-        assert time.monotonic() < deadline, "the unfinished upload was not aborted"
+    while unfinished() or stack.api.get(f"/v3/images/{image_id}").status_code != 404:
+        assert time.monotonic() < deadline, "the unfinished upload or the unlinked image is still there"
         time.sleep(0.2)
+    assert stack.store.list_keys("boot-images", f"{image_id}/") == []
     assert_problem(call(stack, ended, "POST", "/v3/images", {"name": "late"}), 401)
     # Moving it back does not bring the token back.
     assert stack.api.patch(f"/v3/jobs/{ended.id}", json={"status": "creating"}).status_code == 200

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from ims.artifacts.s3 import ArtifactStore
+from ims.domain.links import S3Location
 from ims.jobs import state
 from ims.jobs.logs import append_line
 from ims.jobs.reconciler import Reconciler
@@ -239,23 +240,41 @@ class JobWorker(BackgroundLoop):
         log.info("job %s deleted; its process and directory are gone", job_id)
 
     def _cleanup(self, job_id: str, *, keep_log: bool) -> None:
-        self._abort_uploads(job_id)
+        self._drop_unfinished_images(job_id)
         try:
             self.runner.cleanup(job_id, keep_log=keep_log)
         except (RunnerError, OSError) as exc:
             log.warning("job %s: could not clean its directory: %s", job_id, exc)
 
-    def _abort_uploads(self, job_id: str) -> None:
-        """Uploads the job started through IMS and never finished would hold their parts in S3 forever."""
+    def _drop_unfinished_images(self, job_id: str) -> None:
+        """What a job left half done, once its process is gone: uploads it never completed (their parts would
+        stay in S3 forever), and images it created but never linked, with their objects. A job holds no S3
+        credential, so IMS does this undo for it (ims-python-helper does it itself with its keys)."""
+        bucket = self.settings.s3_boot_images_bucket
         try:
             with self.database.read() as conn:
                 images = job_tokens.result_images(conn, job_id)
+                job = repository.jobs.get(conn, job_id)
+            kept = (job or {}).get("resultant_image_id")
             for image_id in images:
-                aborted = self.artifacts.abort_uploads_under(self.settings.s3_boot_images_bucket, f"{image_id}/")
+                aborted = self.artifacts.abort_uploads_under(bucket, f"{image_id}/")
                 if aborted:
                     log.info("job %s: aborted %d unfinished uploads of image %s", job_id, aborted, image_id)
+                if image_id != kept and self._unlinked(image_id):
+                    for key in self.artifacts.list_keys(bucket, f"{image_id}/"):
+                        self.artifacts.delete(S3Location(bucket, key))
+                    with self.database.write() as conn:
+                        image = repository.images.get(conn, image_id)
+                        if image is not None and not image.get("link"):
+                            repository.images.remove(conn, image_id)
+                            log.info("job %s: removed image %s, which it created but never linked", job_id, image_id)
         except Exception as exc:  # only storage: never let it stop the cleanup
-            log.warning("job %s: could not abort its unfinished uploads: %s", job_id, exc)
+            log.warning("job %s: could not remove what it left unfinished: %s", job_id, exc)
+
+    def _unlinked(self, image_id: str) -> bool:
+        with self.database.read() as conn:
+            image = repository.images.get(conn, image_id)
+        return image is not None and not image.get("link")
 
     def _forget(self, job_id: str) -> None:
         with self._lock:
