@@ -60,6 +60,7 @@ class Settings(BaseSettings):
     health_probe_seconds: float = Field(default=2.0, gt=0, validation_alias="IMS_HEALTH_PROBE_SECONDS")
     keepalive_seconds: float = Field(default=75.0, gt=0, validation_alias="IMS_KEEPALIVE_SECONDS")
     job_api_give_up_seconds: float = Field(default=300.0, gt=0, validation_alias="IMS_JOB_API_GIVE_UP_SECONDS")
+    job_stop_grace_seconds: float = Field(default=15.0, gt=0, validation_alias="IMS_JOB_STOP_GRACE_SECONDS")
     # Authentication (docs/auth.md). Unset means `none`, which `ims serve` accepts only on a loopback address.
     auth: str = Field(default="", validation_alias="IMS_AUTH")
     oidc_issuer: str = Field(default="", validation_alias="IMS_OIDC_ISSUER")

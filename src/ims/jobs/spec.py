@@ -102,6 +102,8 @@ def build_spec(
         "IMS_JOB_USER_WAIT_LIMIT": f"{settings.job_user_wait_limit:g}",
         # How long a stage retries an unreachable IMS before the job ends (ims.client.http.GIVE_UP_ENV).
         "IMS_JOB_API_GIVE_UP_SECONDS": f"{settings.job_api_give_up_seconds:g}",
+        # How long the job's launcher (ims.jobs.nsinit) lets a stage outlive SIGTERM before killing it.
+        "IMS_JOB_STOP_GRACE_SECONDS": f"{settings.job_stop_grace_seconds:g}",
         "IMS_PUBLIC_KEY": str(launch.get("public_key") or ""),
     }
     if ssh_port is not None:
