@@ -226,3 +226,21 @@ def test_a_jail_whose_etc_became_a_link_keeps_the_hosts_resolv_conf_safe(
     assert stage.join() is Verdict.COMPLETE
     assert Path("/etc/resolv.conf").read_bytes() == host_resolv  # never written through the link
     assert "resolv.conf was left as it is" in log.text()
+
+
+def test_a_build_that_leaves_a_link_out_of_the_job_dir_is_refused(tmp_path: Path) -> None:
+    """Recipe code swaps the build root for a link to `/` (the stage would package the host): refused."""
+    target = tmp_path / "job"
+    (target / "build" / "image-root").mkdir(parents=True)
+    log = target / "kiwi.log"
+    script = f"mv {target}/build/image-root {target}/build/aside && ln -s / {target}/build/image-root"
+    done = subprocess.run(
+        [sys.executable, "-m", "ims.stages.kiwi_sandbox", "--", "sh", "-c", script, "kiwi-ng",
+         "--logfile", str(log), "--target-dir", str(target)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )  # fmt: skip
+    assert done.returncode == 126, done.stderr
+    assert "links out of the job's directory" in last_error_line(log)
+    assert str(target / "build" / "image-root") in last_error_line(log)

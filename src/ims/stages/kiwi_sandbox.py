@@ -22,6 +22,7 @@ killing it takes the whole sandbox down, and it exits with kiwi's status.
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import shutil
 import signal
@@ -114,12 +115,48 @@ def main(argv: list[str]) -> int:
         _report(log, f"kiwi's sandbox could not start: {exc}")
         return 125
     code = started[0].process.wait()
+    target = _option(argv, "--target-dir")
+    escapes = outside_links(target) if target is not None else []
+    if escapes:
+        # Recipe code may have left links the stage would follow as root on the host (the build root, an
+        # artifact, kiwi's result record): the build is refused, nothing of it is used.
+        _report(log, "the build left links out of the job's directory: " + ", ".join(escapes[:5]))
+        return 126
     if code != 0 and log is not None and not (log.is_file() and log.stat().st_size):
         # bwrap failed while setting the sandbox up (its message is in the job log), or kiwi died at once.
         _report(
             log, f"kiwi's sandbox ended with {code} before kiwi-ng wrote its log (bwrap's message is in the job log)"
         )
     return 128 - code if code < 0 else code
+
+
+def outside_links(target: Path) -> list[str]:
+    """What in the job's directory the stage reads after kiwi and that leads out of it.
+
+    The entries of the directory and of `build/` (the build root among them) may not be links that leave
+    it, and every file kiwi's result record names must be inside it.
+    """
+    target = target.resolve()
+    found: list[str] = []
+    for directory in (target, target / "build"):
+        if directory.is_symlink() or not directory.is_dir():
+            if directory.is_symlink():
+                found.append(str(directory))
+            continue
+        for entry in directory.iterdir():
+            if entry.is_symlink() and not _under(entry, target):
+                found.append(str(entry))
+    record = target / "kiwi.result.json"
+    if record.is_file() and not record.is_symlink():
+        try:
+            entries = json.loads(record.read_text())
+        except ValueError:
+            entries = {}
+        for entry in entries.values() if isinstance(entries, dict) else []:
+            name = entry.get("filename") if isinstance(entry, dict) else None
+            if isinstance(name, str) and name and not _under(target / name, target):
+                found.append(name)
+    return found
 
 
 def _report(log: Path | None, message: str) -> None:
