@@ -163,7 +163,7 @@ class Monitor:
         if not answer:
             return False
         chunk = base64.b64decode(answer.get("log") or "")
-        if not chunk:
+        if not chunk or not self.runner.job_dir(self.job_id).is_dir():  # nothing new, or the job is gone here
             return False
         with self.runner.log_path(self.job_id).open("ab") as out:
             out.write(chunk)
@@ -349,6 +349,10 @@ class RemoteNodeRunner:
         monitor.poll_once()
 
     def cleanup(self, job_id: str, *, keep_log: bool) -> None:
+        with self._lock:
+            monitor = self._monitors.pop(job_id, None)
+        if monitor is not None:
+            monitor.close()
         node = str(self.read_state(job_id).get("node") or "")
         problem = ""
         if node:
