@@ -42,6 +42,7 @@ class HealthProbe:
         config = replace(ctx.artifacts.config, connect_timeout=timeout, read_timeout=timeout, max_attempts=1)
         self._s3 = ArtifactStore(config)
         self.results: dict[str, tuple[bool, float]] = {}
+        self._s3_failures = 0
         self._stop = threading.Event()
         self._threads: list[threading.Thread] = []
 
@@ -56,10 +57,12 @@ class HealthProbe:
 
     def _ping_s3(self) -> bool:
         up = self._s3.ping()
-        # Requests that need S3 fail fast while it is known to be down, instead of each waiting its timeout.
+        # Requests that need S3 fail fast while it is known to be down (two probes in a row failed, so one
+        # slow answer on a loaded machine is not taken for an outage), instead of each waiting its timeout.
+        self._s3_failures = 0 if up else self._s3_failures + 1
         if up:
             self.ctx.request_artifacts.mark_up()
-        else:
+        elif self._s3_failures >= 2:
             self.ctx.request_artifacts.mark_down()
         return up
 
