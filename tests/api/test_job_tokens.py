@@ -68,7 +68,7 @@ def running_stack(
     data_dir: Path, s3_env: dict[str, str], store: ArtifactStore, database_url: str = ""
 ) -> Iterator[Stack]:
     extra = {"IMS_RUN_WORKERS": "false", **({"IMS_DATABASE_URL": database_url} if database_url else {})}
-    server = start_ims_server(data_dir, s3_env, extra)
+    server = start_ims_server(data_dir, s3_env, extra, args=["--workers", "1"])  # one process: light on 2 CPUs
     port = server.url.rsplit(":", 1)[1]
     settings = load_settings(
         IMS_DATA_DIR=str(data_dir),
