@@ -267,3 +267,37 @@ def test_an_overlapped_upload_sends_again_what_the_writer_rewrote(
     fetched = job_dir / "fetched"
     artifact_store.download_file(S3Location("boot-images", f"{image['id']}/rootfs"), fetched)
     assert fetched.read_bytes() == final
+
+
+@pytest.mark.slow
+def test_publish_of_finished_artifacts_goes_the_same_way(
+    job_dir: Path, test_image: LocalImage, job_seat: JobSeat, artifact_store: ArtifactStore
+) -> None:
+    """A create job's kiwi `kis` result: kernel, initrd and squashfs published as they are, with the token."""
+    from ims.stages.package import publish
+
+    boot = test_image.root / "boot"
+    env = JobEnvironment.from_env(
+        base_env(job_dir, IMS_JOB_ID=job_seat.job_id, IMS_URL=job_seat.server.url, IMS_JOB_TOKEN=job_seat.token)
+    )
+    with ImsClient(job_seat.server.url, token=job_seat.token) as client:
+        reporter, log = reporter_for(env, client)
+        result = publish(
+            env,
+            reporter,
+            client,
+            rootfs=test_image.archive,
+            kernel=boot / f"vmlinuz-{KERNEL_VERSION}",
+            initrd=boot / "initrd",
+            parameters=None,
+        )
+    kinds = [artifact["type"] for artifact in result.manifest["artifacts"]]
+    assert kinds == [
+        "application/vnd.cray.image.rootfs.squashfs",
+        "application/vnd.cray.image.kernel",
+        "application/vnd.cray.image.initrd",
+    ]
+    rootfs = artifact_store.head(S3Location("boot-images", f"{result.image['id']}/rootfs"))
+    assert rootfs is not None and rootfs.metadata["md5sum"] == md5_of(test_image.archive)
+    assert rootfs.etag == result.manifest["artifacts"][0]["link"]["etag"]
+    assert "job status -> success" in log.text()
