@@ -321,13 +321,9 @@ class FastReads:
         return found
 
     def _make_loader(self, collection: str, deleted: bool) -> Callable[[], list[dict[str, Any]]]:
-        if collection == "jobs":
-            from ims.api.routers.jobs import jobs_of
-
-            jobs = jobs_of(self.services)
-            return lambda: jobs.list(statuses=None, job_type=None, limit=None, offset=0)
-        service = getattr(self.services, collection)
-        return lambda: service.list(deleted=deleted, limit=None, offset=0)  # type: ignore[no-any-return]
+        # What the list routes' services return without paging or filters, read without SQLAlchemy rows.
+        reads = self._cache().reads
+        return lambda: reads.records(collection, deleted=deleted)
 
 
 def install(app: FastAPI, services: Services) -> None:

@@ -47,3 +47,11 @@ class Reads:
         if found is None:
             raise NotFound()
         return found
+
+    def records(self, collection: str, *, deleted: bool = False) -> list[dict[str, Any]]:
+        """Every record, as the services' list() returns them without paging or filters."""
+        repo = COLLECTIONS[collection]
+        if self.versions.fast:
+            return repo.raw_fetch(self.versions.raw(), deleted=deleted)
+        with self.database.read() as conn:
+            return repo.fetch(conn, deleted=deleted)

@@ -25,6 +25,7 @@ class RecordRepository:
         self.key = key
         self.extra_columns = [c.name for c in table.columns if c.name not in _COLUMNS]
         self._raw_get_sql: dict[bool, str] | None = None
+        self._raw_fetch_sql: dict[bool, str] | None = None
 
     # --- mapping
     def to_record(self, row: Any) -> dict[str, Any]:
@@ -80,6 +81,28 @@ class RecordRepository:
             return None
         removed = str_to_datetime(row[2]) if row[2] is not None else None
         return self.to_record((row[0], str_to_datetime(row[1]), removed, orjson.loads(row[3])))
+
+    def raw_fetch(self, raw: sqlite3.Connection, *, deleted: bool = False) -> list[dict[str, Any]]:
+        """SQLite only: what fetch() returns without paging or filters, read on a plain sqlite3 connection (no
+        SQLAlchemy row objects; the same decoding as raw_get)."""
+        if self._raw_fetch_sql is None:
+            dialect = sqlite_dialect()
+            order = (self.table.c.created, self.table.c.id)
+            self._raw_fetch_sql = {
+                flag: str(self._select(flag).order_by(*order).compile(dialect=dialect)) for flag in (False, True)
+            }
+        to_record, loads = self.to_record, orjson.loads
+        return [
+            to_record(
+                (
+                    row[0],
+                    str_to_datetime(row[1]),
+                    str_to_datetime(row[2]) if row[2] is not None else None,
+                    loads(row[3]),
+                )
+            )
+            for row in raw.execute(self._raw_fetch_sql[deleted])
+        ]
 
     def get_any(self, conn: Connection, record_id: str) -> dict[str, Any] | None:
         columns = [self.table.c[name] for name in _COLUMNS]
