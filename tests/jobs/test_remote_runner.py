@@ -65,8 +65,7 @@ def node_key(work_root: Path) -> KeyPair:
 
 @pytest.fixture(scope="module")
 def nodes(node_key: KeyPair) -> Iterator[TestNodes]:
-    # The nodes share this host's files; kiwi-ng is the one beside IMS's interpreter (its virtualenv).
-    group = TestNodes.start(2, node_key.public, path=f"{KIWI.parent}:{STANDARD_PATH}")
+    group = TestNodes.start(2, node_key.public)  # the nodes' own python3 (the system's) runs the jobs
     yield group
     group.stop()
 
@@ -363,16 +362,21 @@ def test_deleting_a_node_that_runs_a_job_lets_the_job_finish(
 def test_create_on_a_node(
     api: httpx.Client,
     nodes: TestNodes,
+    node_key: KeyPair,
     store: ArtifactStore,
     job_key: KeyPair,
     key_id: str,
     request: pytest.FixtureRequest,
 ) -> None:
-    node = nodes.nodes[0]
+    # A node with kiwi-ng: this host's files are the node's, and kiwi-ng lives in IMS's virtualenv, so this
+    # node's python3 is that virtualenv's (kiwi's sandbox shows it the interpreter that runs the stage).
+    builder = TestNodes.start(1, node_key.public, path=f"{KIWI.parent}:{STANDARD_PATH}")
+    request.addfinalizer(builder.stop)
+    node = builder.nodes[0]
     register(api, node)
     assert "kiwi-ng" in api.get(f"/v3/remote-build-nodes/status/{node.address}").json()["podmanStatus"]
     # The nodes have no route out: their archive is this machine's, through a proxy on the bridge.
-    proxy = ArchiveProxy(nodes.host_address, debian_archive_uri())
+    proxy = ArchiveProxy(builder.host_address, debian_archive_uri())
     request.addfinalizer(proxy.stop)
     with Ims(ImsClient(str(api.base_url))) as client:
         recipe = upload_recipe(
