@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from typing import Any
+
 from fastapi import APIRouter, FastAPI, Query, Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 
@@ -9,7 +12,7 @@ from ims.api import docs, models
 from ims.api.caching import cached_list, cached_record
 from ims.api.deps import Services, call, services
 from ims.api.http import no_content, ok, read_json
-from ims.domain.jobs import JOB_STATUSES
+from ims.domain.jobs import JOB_STATUSES, JOB_TYPES
 from ims.domain.validation import INT_MAX
 from ims.services.jobs import JobService
 
@@ -31,6 +34,23 @@ def _any_case(words: tuple[str, ...]) -> str:
     return "^(" + "|".join(alternatives) + ")$"
 
 
+def _document(**rules: Any) -> Callable[[dict[str, Any]], None]:
+    """Put value rules into a query parameter's schema (into its array items, whatever wraps them): the
+    service checks them itself, with the original's messages, so FastAPI must not."""
+
+    def apply(schema: dict[str, Any]) -> None:
+        for option in schema.get("anyOf", [schema]):
+            if option.get("type") == "array":
+                option["items"] = {**option.get("items", {}), **rules}
+            elif option.get("type") == "string":
+                option.update(rules)
+
+    return apply
+
+
+_STATUS_RULE = _document(pattern=_any_case(JOB_STATUSES))
+
+
 def build(version: str) -> APIRouter:
     router = APIRouter(tags=["jobs"])
 
@@ -41,10 +61,16 @@ def build(version: str) -> APIRouter:
     )
     async def list_jobs(
         request: Request,
-        status: list[models.JobStatus] | None = Query(
-            None, description="Ours: only jobs in these statuses (repeatable)."
+        status: list[str] | None = Query(
+            None,
+            description="Ours: only jobs in these statuses (repeatable; case-insensitive).",
+            json_schema_extra=_STATUS_RULE,
         ),
-        job_type: models.JobType | None = Query(None, description="Ours: only `create` or `customize` jobs."),
+        job_type: str | None = Query(
+            None,
+            description="Ours: only `create` or `customize` jobs.",
+            json_schema_extra=_document(enum=list(JOB_TYPES)),
+        ),
         limit: int | None = Query(None, ge=1, le=INT_MAX, description="Ours: at most this many jobs."),
         offset: int = Query(0, ge=0, le=INT_MAX, description="Ours: skip this many jobs first."),
     ) -> Response:
@@ -76,9 +102,13 @@ def build(version: str) -> APIRouter:
         status: list[str] | None = Query(
             None,
             description="Repeatable; case-insensitive.",
-            json_schema_extra={"items": {"type": "string", "pattern": _any_case(JOB_STATUSES)}},
+            json_schema_extra=_STATUS_RULE,
         ),
-        job_type: str | None = Query(None, description="`create` or `customize` (case-sensitive; the first counts)."),
+        job_type: str | None = Query(
+            None,
+            description="`create` or `customize` (case-sensitive; the first counts).",
+            json_schema_extra=_document(enum=list(JOB_TYPES)),
+        ),
         age: str | None = Query(None, description="Older than this, e.g. `1w`, `2d`, `6h`, `1h30m`."),
     ) -> Response:
         # The original reads only the first `job_type`; FastAPI would hand over the last.
