@@ -207,3 +207,22 @@ def test_spec_states_what_the_server_accepts() -> None:
     assert "2147483647" in str(limit["schema"])
     assert schemas["JobInput"]["properties"]["build_env_size"]["maximum"] > 0
     assert "pattern" in schemas["ArtifactLink"]["properties"]["path"]
+
+
+def test_cli_checks_the_key_before_sending(ims_server: ImsServer, tmp_path: Path) -> None:
+    """`ims public-keys create` applies the same rule and points at the .pub file next to a private key."""
+    import os
+    import subprocess
+    import sys
+
+    private = tmp_path / "id_ed25519"
+    private.write_text(PRIVATE)
+    (tmp_path / "id_ed25519.pub").write_text(KEY + "\n")
+    env = dict(os.environ, IMS_API_URL=ims_server.url)
+    run = subprocess.run([sys.executable, "-m", "ims", "public-keys", "create", "--name", "k", "--public-key",
+                          str(private)], capture_output=True, text=True, env=env, timeout=60, check=False)
+    assert run.returncode == 2, run.stderr
+    assert "private key" in run.stderr and f"Did you mean {private}.pub?" in run.stderr
+    run = subprocess.run([sys.executable, "-m", "ims", "remote-build-nodes", "create", "--xname", "../../x"],
+                         capture_output=True, text=True, env=env, timeout=60, check=False)
+    assert run.returncode == 2 and "xname must be" in run.stderr, run.stderr
