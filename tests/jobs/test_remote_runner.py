@@ -358,6 +358,8 @@ def test_deleting_a_node_that_runs_a_job_lets_the_job_finish(
     wait_until(lambda: not on_node(node, job["id"]), 30, "the node's job directory removed")
 
 
+# Opt-in, and known to fail on the project machine: kiwi-ng is only in IMS's virtualenv there, which kiwi's
+# sandbox does not show to a node's interpreter (docs/remote-nodes.md, "How it is tested").
 @pytest.mark.skipif(not os.environ.get(CREATE_OPT_IN), reason=f"a kiwi build takes many minutes: set {CREATE_OPT_IN}=1")
 def test_create_on_a_node(
     api: httpx.Client,
