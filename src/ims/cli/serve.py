@@ -6,6 +6,7 @@ import contextlib
 import gc
 import logging
 import os
+import signal
 import socket
 import sys
 import threading
@@ -93,6 +94,7 @@ def start_workers(ctx: ServiceContext) -> Stopper:
 # With several server processes the background workers run once, in the supervising process; the server
 # processes wake them through this datagram socket (Linux abstract namespace) after queuing work.
 _WAKE_ENV = "IMS_INTERNAL_WAKE_SOCKET"
+_SUPERVISOR_ENV = "IMS_INTERNAL_SUPERVISOR_PID"
 
 
 def default_workers() -> int:
@@ -140,8 +142,23 @@ def _wake_listener(ctx: ServiceContext) -> tuple[str, Callable[[], None]]:
     return address, stop
 
 
+def _die_with_supervisor() -> None:
+    """A server process of `ims serve --workers N` ends when its supervisor does, even by SIGKILL: it would
+    otherwise keep the port and serve without the background workers that live in the supervisor."""
+    supervisor = os.environ.get(_SUPERVISOR_ENV)
+    if not supervisor or not sys.platform.startswith("linux"):
+        return
+    import ctypes
+
+    pr_set_pdeathsig = 1
+    ctypes.CDLL(None, use_errno=True).prctl(pr_set_pdeathsig, signal.SIGTERM)
+    if os.getppid() != int(supervisor):  # it ended before the request above
+        os.kill(os.getpid(), signal.SIGTERM)
+
+
 def build_app(settings: Settings | None = None, *, migrate_first: bool = False) -> FastAPI:
     """The app for one server process (uvicorn calls this once per worker process)."""
+    _die_with_supervisor()
     settings = settings or load_settings_or_exit()
     configure_logging(settings)
     ctx = prepare(settings) if migrate_first else ServiceContext.from_settings(settings)
@@ -188,6 +205,7 @@ def serve(host: str, port: int, workers: int | None = None) -> None:
         if ctx is not None:
             os.environ[_WAKE_ENV], stop_wake = _wake_listener(ctx)
         os.environ["IMS_RUN_WORKERS"] = "false"
+        os.environ[_SUPERVISOR_ENV] = str(os.getpid())
         try:
             uvicorn.run("ims.cli.serve:build_app", factory=True, host=host, port=port, workers=workers,
                         log_level=settings.log_level.lower(), access_log=False, **_http_options(settings))
