@@ -25,14 +25,21 @@ def test_not_found_is_one_line_and_exit_1(cli: Cli) -> None:
     assert lines[0].startswith("ims: 404 Not Found (GET /v3/images/no-such-image): Requested resource does not exist")
 
 
-def test_validation_errors_are_listed_on_the_line(cli: Cli, tmp_path: Path) -> None:
+def test_validation_errors_are_listed_on_the_line(cli: Cli) -> None:
+    # A rule only the server checks (the CLI checks public keys itself, before sending).
+    result = cli("recipes", "create", "--name", "x", "--linux-distribution", "sles15", "--link-path", "/etc/passwd")
+    assert result.exit_code == 1
+    [line] = result.stderr.strip().splitlines()
+    assert "422 Unprocessable Entity" in line and "link" in line
+    assert "Value error" not in line  # no library prefixes
+
+
+def test_a_bad_public_key_is_refused_before_sending(cli: Cli, tmp_path: Path) -> None:
     key = tmp_path / "not-a-key.pub"
     key.write_text("ssh-ed25519 not-base64-at-all me@host")
     result = cli("public-keys", "create", "--name", "x", "--public-key", str(key))
-    assert result.exit_code == 1
-    [line] = result.stderr.strip().splitlines()
-    assert "422 Unprocessable Entity" in line and "public_key:" in line
-    assert "Value error" not in line  # no library prefixes
+    assert result.exit_code == 2
+    assert "Value error" not in result.stderr
 
 
 def test_conflicting_link_is_exit_1(cli: Cli) -> None:
