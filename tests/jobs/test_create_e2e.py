@@ -39,6 +39,8 @@ from ims.stages.create import package_build
 from ims.stages.customize import make_client
 from ims.stages.environment import JobEnvironment
 from ims.stages.reporting import Reporter
+from ims.store import job_tokens
+from ims.store.db import Database
 
 RECIPES = Path(ims.__file__).parent / "recipes"
 # The recipe of the one real build (IMS_TEST_CREATE_RECIPE picks the other one for a measurement by hand),
@@ -207,14 +209,22 @@ def test_kis_artifacts_are_published_as_kiwi_made_them(
             job = _post_create(api, recipe_id, add_public_key(api, job_key))
             parent = tmp_path / "image"
             parent.mkdir()
+            # What the worker does at launch: mint the job's token; the stage has nothing else.
+            database = Database(f"sqlite:///{server.data_dir / 'ims.sqlite3'}")
+            try:
+                with database.write() as conn:
+                    token = job_tokens.issue(conn, job["id"])
+            finally:
+                database.dispose()
+            assert token is not None
             env = JobEnvironment.from_env(
                 {
                     "IMS_JOB_ID": job["id"],
                     "IMAGE_ROOT_PARENT": str(parent),
                     "IMAGE_ROOT_ARCHIVE_NAME": job["image_root_archive_name"],
                     "IMS_URL": server.url,
+                    "IMS_JOB_TOKEN": token,
                     "BUILD_ARCH": job["arch"],
-                    **s3_env,
                 }
             )
             boot = base_image.root / "boot"
