@@ -56,9 +56,8 @@ class Listener:
                 conn, _ = self.sock.accept()
             except OSError:
                 return
-            with conn:
-                with contextlib.suppress(OSError):
-                    conn.sendall(self.reply)
+            with conn, contextlib.suppress(OSError):
+                conn.sendall(self.reply)
 
     def close(self) -> None:
         with contextlib.suppress(OSError):
