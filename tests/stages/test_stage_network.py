@@ -122,3 +122,15 @@ def test_isolated_without_slirp4netns_is_an_error(
     reporter, _ = reporter_for(env)
     with pytest.raises(StageError, match="slirp4netns is not installed"):
         sshenv_module.isolated_network(env, reporter)
+
+
+def test_an_ipv6_listen_address_cannot_be_forwarded(tmp_path: Path) -> None:
+    """slirp4netns forwards IPv4 only: the default falls back to the host network, `isolated` refuses."""
+    env = JobEnvironment.from_env(base_env(tmp_path, IMS_SSH_LISTEN="::1"))
+    reporter, log = reporter_for(env)
+    if slirp4netns_path() is not None:
+        assert sshenv_module.isolated_network(env, reporter) is False
+        assert "warning: slirp4netns forwards IPv4 only" in log.text()  # type: ignore[attr-defined]
+    strict = JobEnvironment.from_env(base_env(tmp_path, IMS_SSH_LISTEN="::1", IMS_JOB_NETWORK="isolated"))
+    with pytest.raises(StageError, match="isolated, but"):
+        sshenv_module.isolated_network(strict, reporter)

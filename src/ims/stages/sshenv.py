@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import time
 from pathlib import Path
@@ -32,13 +33,17 @@ def isolated_network(env: JobEnvironment, reporter: Reporter) -> bool:
     """Whether the session gets its own network (IMS_JOB_NETWORK; unset: isolated where slirp4netns is)."""
     if env.job_network == "host":
         return False
-    if slirp4netns_path() is not None:
+    if slirp4netns_path() is None:
+        reason = "slirp4netns is not installed"
+    elif ipaddress.ip_address(env.ssh_listen).version != 4:
+        reason = f"slirp4netns forwards IPv4 only and IMS_SSH_LISTEN is {env.ssh_listen}"
+    else:
         return True
     if env.job_network == "isolated":
-        raise StageError("IMS_JOB_NETWORK=isolated, but slirp4netns is not installed on this host")
+        raise StageError(f"IMS_JOB_NETWORK=isolated, but {reason}")
     reporter.say(
-        "warning: slirp4netns is not installed: the SSH sandbox shares the host's network, so a session can "
-        "reach the host's loopback services (install slirp4netns, or set IMS_JOB_NETWORK=host to accept this)"
+        f"warning: {reason}: the SSH sandbox shares the host's network, so a session can reach the host's "
+        "loopback services (see docs/jobs.md; IMS_JOB_NETWORK=host accepts this without the warning)"
     )
     return False
 
