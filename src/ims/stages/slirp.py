@@ -34,6 +34,7 @@ GUEST_DNS = "10.0.2.3"
 GUEST_ADDRESS = "10.0.2.100"
 TAP = "tap0"
 MTU = 65520
+RUNTIME_DIR = "/run"
 
 
 class SlirpError(Exception):
@@ -76,7 +77,8 @@ class SlirpNetwork:
         if binary is None:
             raise SlirpError("slirp4netns is not installed")
         # Outside every sandbox: a session must never reach this socket (it could add port forwards).
-        directory = Path(tempfile.mkdtemp(prefix="ims-slirp-"))
+        # /run (root's tmpfs) rather than /tmp: the job's /tmp is the user-visible work area on remote nodes.
+        directory = Path(tempfile.mkdtemp(prefix="ims-slirp-", dir=RUNTIME_DIR if os.path.isdir(RUNTIME_DIR) else None))
         directory.chmod(0o700)
         api_socket = directory / "api.sock"
         ready_read, ready_write = os.pipe()
