@@ -13,6 +13,7 @@ from tests.stages.kit import Background, KeyPair, LocalImage, base_env, reporter
 from ims.stages.environment import JobEnvironment
 from ims.stages.reporting import StageError
 from ims.stages.signals import Verdict
+from ims.stages.slirp import host_resolv_conf, slirp4netns_path
 from ims.stages.sshenv import sshenv
 
 pytestmark = pytest.mark.skipif(not Path("/usr/sbin/sshd").exists(), reason="openssh-server is not installed")
@@ -52,10 +53,15 @@ def test_jailed_session_lands_in_the_image_and_completes(
     assert "JOB=" in seen.stdout and "ARCH=x86_64" in seen.stdout
     assert "image-root" not in seen.stdout  # `/` is the image itself
 
-    # The host's DNS is visible inside while the session lasts.
+    # Working DNS inside while the session lasts: slirp4netns's forwarder in its own network (the default
+    # where slirp4netns is installed), else the host's resolv.conf.
     resolv = ssh(user_key, ssh_port, "cat /etc/resolv.conf")
     assert resolv.returncode == 0
-    assert resolv.stdout == Path("/etc/resolv.conf").read_text()
+    if slirp4netns_path() is not None:
+        assert resolv.stdout == host_resolv_conf()
+        assert resolv.stdout.startswith("nameserver 10.0.2.3\n")
+    else:
+        assert resolv.stdout == Path("/etc/resolv.conf").read_text()
 
     denied = ssh(other_key, ssh_port, "true")
     assert denied.returncode == 255

@@ -28,6 +28,8 @@ STAGE_TUNING = (
     "IMS_REPOS_POLL_SECONDS",
     "IMS_KIWI_NG",
     "IMS_UPLOAD_PART_MIB",
+    # The session sandbox's network: isolated (slirp4netns) or host; unset: isolated where slirp4netns is installed.
+    "IMS_JOB_NETWORK",
 )
 
 

@@ -112,6 +112,9 @@ class JobEnvironment:
     download_attempts: int = 20
     download_retry_seconds: float = 10.0
     upload_part_mib: int = 64  # S3 part size of the uploads (the first part is at most 8 MiB)
+    # The session sandbox's network (IMS_JOB_NETWORK): "isolated", "host", or "" to choose by whether
+    # slirp4netns is installed on the host that runs the job (ims.stages.slirp).
+    job_network: str = ""
 
     # --- the /mnt/image layout
     @property
@@ -166,6 +169,12 @@ class JobEnvironment:
         if port > 65535:
             raise JobEnvironmentError("IMS_SSH_PORT must be at most 65535")
 
+        network = env.get("IMS_JOB_NETWORK", "").strip().lower()
+        if network == "auto":
+            network = ""
+        if network not in ("", "isolated", "host"):
+            raise JobEnvironmentError(f"IMS_JOB_NETWORK must be isolated or host, got {network!r}")
+
         md5 = env.get("DOWNLOAD_MD5SUM", "").strip().lower()
         if md5 and not re.fullmatch(r"[0-9a-f]{32}", md5):
             raise JobEnvironmentError(f"DOWNLOAD_MD5SUM is not an md5 hex digest: {md5!r}")
@@ -202,6 +211,7 @@ class JobEnvironment:
             download_attempts=max(1, int(_number(env, "IMS_DOWNLOAD_ATTEMPTS", 20, 1))),
             download_retry_seconds=_number(env, "IMS_DOWNLOAD_RETRY_SECONDS", 10.0),
             upload_part_mib=int(_number(env, "IMS_UPLOAD_PART_MIB", 64, 5)),
+            job_network=network,
         )
 
 

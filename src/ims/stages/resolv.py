@@ -1,4 +1,7 @@
-"""Give the image the host's DNS while a user works in it, and put the image's own file back afterwards.
+"""Give the image working DNS while a user works in it, and put the image's own file back afterwards.
+
+The host's resolv.conf, or, when the session has its own network (IMS_JOB_NETWORK=isolated), one that
+names slirp4netns's DNS forwarder (ims.stages.slirp.resolv_conf).
 
 Images often carry a resolv.conf that only works on a booted node (a systemd-resolved stub link);
 package installs inside the jail need working DNS.
@@ -17,7 +20,8 @@ HOST_RESOLV = Path("/etc/resolv.conf")
 
 
 class ResolvSwap:
-    def __init__(self, image_root: Path, keep_dir: Path) -> None:
+    def __init__(self, image_root: Path, keep_dir: Path, content: bytes | None = None) -> None:
+        self.content = content  # what the image gets; None: the host's /etc/resolv.conf
         self.target = resolve_in_root(image_root, "etc") / "resolv.conf"
         self.saved = keep_dir / "resolv.conf.image"
         self.had_original = False
@@ -26,8 +30,11 @@ class ResolvSwap:
 
     def swap_in(self) -> bool:
         """Returns False when there is nothing to do (no host file, or no /etc in the image)."""
-        if not HOST_RESOLV.is_file() or not self.target.parent.is_dir() or self.target.parent.is_symlink():
+        if self.content is None and not HOST_RESOLV.is_file():
             return False
+        if not self.target.parent.is_dir() or self.target.parent.is_symlink():
+            return False
+        content = self.content if self.content is not None else HOST_RESOLV.read_bytes()
         self.saved.unlink(missing_ok=True)
         self.etc_real = os.path.realpath(self.target.parent)
         if os.path.lexists(self.target):
@@ -35,7 +42,7 @@ class ResolvSwap:
                 return False
             _move(self.target, self.saved)
             self.had_original = True
-        self.target.write_bytes(HOST_RESOLV.read_bytes())
+        self.target.write_bytes(content)
         self.target.chmod(0o644)
         self.active = True
         return True

@@ -9,7 +9,8 @@ Every sandbox has:
   (null, zero, full, random, urandom, tty, a private devpts and a tmpfs /dev/shm);
 - its own PID namespace with its own `/proc`, its own IPC and UTS namespaces, a new session
   (`setsid`: no TIOCSTI into a terminal outside) and `--die-with-parent` (it ends with its job);
-- the host's network (installing packages is the point of a customize session);
+- the host's network, or with `unshare_net` a network namespace of its own (the session sandbox with
+  IMS_JOB_NETWORK=isolated: its own loopback, wired to the outside by slirp4netns, see ims.stages.slirp);
 - its own **user namespace with the identity mapping** (uid/gid 0..2^32-2 inside are the same ids
   outside; bwrap's `--userns-block-fd` lets us write the full map before it goes on). Files written
   inside keep their real owners, yet every capability the sandbox holds is a capability *in that user
@@ -123,6 +124,7 @@ class Sandbox:
     chdir: str = "/"
     ops: list[tuple[str, ...]] = field(default_factory=list)
     files: list[tuple[str, bytes]] = field(default_factory=list)  # (target, content), read-only
+    unshare_net: bool = False  # a network namespace of its own (only its loopback until slirp4netns joins)
 
     # --- mounts
     def ro_bind(self, source: Path | str, target: Path | str | None = None, *, optional: bool = False) -> Sandbox:
@@ -207,6 +209,7 @@ class Sandbox:
             "--unshare-ipc",
             "--unshare-uts",
             "--unshare-cgroup-try",
+            *(["--unshare-net"] if self.unshare_net else []),
             "--new-session",
             "--die-with-parent",
         ]
@@ -232,6 +235,21 @@ class SandboxProcess:
     def running(self) -> bool:
         return self.process.poll() is None
 
+    def wait_setup(self, timeout: float = 20.0) -> None:
+        """Wait until bwrap has set the sandbox up and started the command (its init has a child).
+
+        Before that, bwrap is still configuring the sandbox's namespaces (the loopback of its own network,
+        say), which nothing outside must touch yet.
+        """
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise SandboxError(f"the sandbox ended while starting (exit {self.process.returncode})")
+            if _has_child(self.init_pid):
+                return
+            time.sleep(0.01)
+        raise SandboxError(f"the sandbox did not start its command within {timeout:g} s")
+
     def stop(self, timeout: float = 10.0) -> int:
         """Kill the sandbox's first process: the kernel ends every process of its PID namespace, then bwrap returns."""
         if self.process.poll() is None:
@@ -243,6 +261,21 @@ class SandboxProcess:
                 self.process.kill()
                 self.process.wait(timeout)
         return self.process.returncode
+
+
+def _has_child(pid: int) -> bool:
+    for entry in os.scandir("/proc"):
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = Path(entry.path, "stat").read_text()
+        except OSError:
+            continue
+        # "pid (comm) state ppid ...": comm may hold spaces and parentheses, so split after the last ")".
+        fields = stat[stat.rfind(")") + 2 :].split()
+        if len(fields) > 1 and fields[1] == str(pid):
+            return True
+    return False
 
 
 def bwrap_path() -> str:

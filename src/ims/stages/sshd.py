@@ -10,6 +10,10 @@ there too:
   original's container.
 sshd's own files (config, host keys, authorized_keys) are bound read-only at `/run/ims-sshd`; no other
 job's directory exists in the sandbox. Stopping the sandbox ends sshd and every session at once.
+
+Network: `isolated` (IMS_JOB_NETWORK, see ims.stages.slirp) gives the sandbox its own network namespace
+wired out by slirp4netns, without the host's loopback; sshd listens on 0.0.0.0:port in there and
+slirp4netns forwards IMS_SSH_LISTEN:port on the host to it. `host` shares the host's network.
 """
 
 from __future__ import annotations
@@ -24,7 +28,8 @@ from pathlib import Path
 
 from ims.stages.environment import JobEnvironment
 from ims.stages.reporting import StageError
-from ims.stages.sandbox import Sandbox, SandboxError, SandboxProcess, clean_env, launch
+from ims.stages.sandbox import TOOLBOX_ETC, Sandbox, SandboxError, SandboxProcess, clean_env, launch
+from ims.stages.slirp import SlirpError, SlirpNetwork, host_resolv_conf
 
 SSHD = "/usr/sbin/sshd"
 # Where things are seen inside the sandbox.
@@ -88,8 +93,8 @@ def write_keys(files: SshdFiles, public_key: str) -> None:
         subprocess.run(["ssh-keygen", "-q", "-t", kind, "-N", "", "-f", str(key)], check=True, capture_output=True)
 
 
-def render_config(env: JobEnvironment, files: SshdFiles, jailed: bool) -> str:
-    """sshd_config with the paths sshd sees inside its sandbox."""
+def render_config(env: JobEnvironment, files: SshdFiles, jailed: bool, *, isolated: bool = False) -> str:
+    """sshd_config with the paths sshd sees inside its sandbox (and, isolated, the address it has there)."""
     variables = [
         ("IMS_JOB_ID", env.job_id),
         ("IMS_ARCH", env.build_arch),
@@ -102,7 +107,8 @@ def render_config(env: JobEnvironment, files: SshdFiles, jailed: bool) -> str:
     set_env = " ".join(f"{name}={value}" for name, value in variables)
     lines = [
         f"Port {env.ssh_port}",
-        f"ListenAddress {env.ssh_listen}",
+        # Isolated: the sandbox's own namespace, reached through slirp4netns's forward of ssh_listen:port.
+        f"ListenAddress {'0.0.0.0' if isolated else env.ssh_listen}",
         *(f"HostKey {_config_path(files.inside(key))}" for key in files.host_keys()),
         "PidFile none",
         f"AuthorizedKeysFile {_config_path(files.inside(files.authorized_keys))}",
@@ -153,6 +159,7 @@ def session_sandbox(
     jailed: bool,
     dkms: bool = False,
     job_id: str = "",
+    isolated: bool = False,
 ) -> Sandbox:
     """The sandbox sshd and its sessions live in; `root` is the tree the session works on.
 
@@ -162,11 +169,19 @@ def session_sandbox(
     entry read-only, and the directory itself is the writable `.session` directory where `complete` and
     `failed` land. So nothing the stage uses after the session (the image root's path, the output
     archive) can be replaced by a link from inside.
+
+    `isolated`: a network namespace of its own (slirp4netns joins it once it runs), and a resolv.conf
+    that names slirp4netns's DNS forwarder instead of the host's.
     """
     # IMS_JOB_ID only (the session gets it through SetEnv anyway): operators find the job's processes by it.
-    box = (
-        Sandbox(env=clean_env({"IMS_JOB_ID": job_id} if job_id else None)).host_system().proc().dev().remount_ro("/dev")
-    )
+    box = Sandbox(env=clean_env({"IMS_JOB_ID": job_id} if job_id else None))
+    if isolated:
+        box.unshare_net = True
+        box.host_system(etc=tuple(name for name in TOOLBOX_ETC if name != "resolv.conf"))
+        box.file("/etc/resolv.conf", host_resolv_conf())
+    else:
+        box.host_system()
+    box.proc().dev().remount_ro("/dev")
     box.tmpfs("/tmp").tmpfs("/var/tmp").tmpfs("/run").dir("/run/sshd")
     box.ro_bind(files.directory, SSHD_FILES)
     files.log.touch(mode=0o600)
@@ -207,10 +222,12 @@ class SshServer:
     root: Path  # the tree the session works on
     jailed: bool
     dkms: bool = False
+    isolated: bool = False  # its own network namespace, wired out by slirp4netns
     sandbox: SandboxProcess | None = field(default=None, init=False)
+    network: SlirpNetwork | None = field(default=None, init=False)
 
     def start(self) -> None:
-        self.files.config.write_text(render_config(self.env, self.files, self.jailed))
+        self.files.config.write_text(render_config(self.env, self.files, self.jailed, isolated=self.isolated))
         self.files.config.chmod(0o600)
         box = session_sandbox(
             self.env.image_root_parent,
@@ -219,6 +236,7 @@ class SshServer:
             jailed=self.jailed,
             dkms=self.dkms,
             job_id=self.env.job_id,
+            isolated=self.isolated,
         )
         # -E, not -e: with -e a session's own sshd process would log onto the user's channel.
         command = [SSHD, "-D", "-E", str(SSHD_LOG), "-f", str(self.files.inside(self.files.config))]
@@ -227,8 +245,19 @@ class SshServer:
                 self.sandbox = launch(box, command, stdout=subprocess.DEVNULL, stderr=log)
             except SandboxError as exc:
                 raise StageError(f"the SSH sandbox could not start: {exc}: {self.log_tail(3)}") from exc
+            if self.isolated:
+                try:
+                    # Only once bwrap has set up the namespace's loopback: slirp4netns configures it too.
+                    self.sandbox.wait_setup()
+                    self.network = SlirpNetwork.attach(self.sandbox.init_pid, log=log.fileno())
+                    self.network.forward_tcp(self.env.ssh_listen, self.env.ssh_port, self.env.ssh_port)
+                except (SlirpError, SandboxError, OSError) as exc:
+                    self.stop()
+                    raise StageError(f"the SSH sandbox's network could not start: {exc}: {self.log_tail(3)}") from exc
 
     def running(self) -> bool:
+        if self.network is not None and not self.network.running():
+            return False
         return self.sandbox is not None and self.sandbox.running()
 
     def wait_ready(self, timeout: float = 20.0) -> float:
@@ -244,8 +273,12 @@ class SshServer:
 
     def stop(self, grace: float = 10.0) -> None:
         """End sshd and every session; returns only once they are all gone (the port is free)."""
-        if self.sandbox is not None:
-            self.sandbox.stop(grace)
+        try:
+            if self.sandbox is not None:
+                self.sandbox.stop(grace)
+        finally:
+            if self.network is not None:  # slirp4netns ends with the sandbox (and holds the forwarded port)
+                self.network.stop()
 
     def log_tail(self, lines: int = 10) -> str:
         try:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import time
 from pathlib import Path
@@ -11,6 +12,7 @@ from ims.stages.hostkeys import host_key_lines
 from ims.stages.reporting import Reporter, StageError
 from ims.stages.resolv import ResolvSwap
 from ims.stages.signals import SignalPlaces, Verdict
+from ims.stages.slirp import GUEST_DNS, host_resolv_conf, slirp4netns_path
 from ims.stages.sshd import WORK_AREA, SshdFiles, SshServer, session_dir, write_keys
 
 
@@ -25,6 +27,25 @@ def signal_places(env: JobEnvironment, image_root: Path | None = None) -> Signal
         return SignalPlaces(env.image_root_parent, image_root or env.image_root)
     # The unjailed session's /mnt/image is the work area's session directory (see sshd.session_sandbox).
     return SignalPlaces(env.image_root_parent, None, session_dir(env.image_root_parent))
+
+
+def isolated_network(env: JobEnvironment, reporter: Reporter) -> bool:
+    """Whether the session gets its own network (IMS_JOB_NETWORK; unset: isolated where slirp4netns is)."""
+    if env.job_network == "host":
+        return False
+    if slirp4netns_path() is None:
+        reason = "slirp4netns is not installed"
+    elif ipaddress.ip_address(env.ssh_listen).version != 4:
+        reason = f"slirp4netns forwards IPv4 only and IMS_SSH_LISTEN is {env.ssh_listen}"
+    else:
+        return True
+    if env.job_network == "isolated":
+        raise StageError(f"IMS_JOB_NETWORK=isolated, but {reason}")
+    reporter.say(
+        f"warning: {reason}: the SSH sandbox shares the host's network, so a session can reach the host's "
+        "loopback services (see docs/jobs.md; IMS_JOB_NETWORK=host accepts this without the warning)"
+    )
+    return False
 
 
 def sshenv(env: JobEnvironment, reporter: Reporter, image_root: Path | None = None) -> Verdict:
@@ -42,17 +63,20 @@ def sshenv(env: JobEnvironment, reporter: Reporter, image_root: Path | None = No
         _prepare_jail(root)
     places = signal_places(env, root)
     places.clear()
-    server = SshServer(env, files, root, env.ssh_jail, dkms=env.ssh_jail and env.dkms_enabled)
-    resolv = ResolvSwap(root, files.directory)
+    isolated = isolated_network(env, reporter)
+    server = SshServer(env, files, root, env.ssh_jail, dkms=env.ssh_jail and env.dkms_enabled, isolated=isolated)
+    resolv = ResolvSwap(root, files.directory, host_resolv_conf().encode() if isolated else None)
     try:
         if resolv.swap_in():
-            reporter.say("the image uses the host's resolv.conf while the SSH environment is up")
+            dns = f"slirp4netns's DNS ({GUEST_DNS})" if isolated else "the host's resolv.conf"
+            reporter.say(f"the image uses {dns} while the SSH environment is up")
         server.start()
         took = server.wait_ready()
         if env.ssh_jail:
             mode = f"sandboxed, jailed in {root} (seen as / in the session)"
         else:
             mode = f"sandboxed, {env.image_root_parent} seen as {WORK_AREA}"
+        mode += ", own network via slirp4netns" if isolated else ", host network"
         reporter.say(f"sshd answers on {env.ssh_listen}:{env.ssh_port} after {took:.2f} s ({mode})")
         where = "/tmp" if env.ssh_jail else str(WORK_AREA)
         reporter.say(
