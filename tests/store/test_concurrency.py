@@ -74,7 +74,7 @@ def test_every_created_record_is_stored(servers: list[str]) -> None:
     calls: list[tuple[str, str, Any]] = []
     for n in range(120):
         calls.append(("POST", "/v3/images", {"name": f"img-{n}", "metadata": {"n": str(n)}}))
-        calls.append(("POST", "/public-keys", {"name": f"key-{n}", "public_key": f"ssh-ed25519 AAAA{n}"}))
+        calls.append(("POST", "/public-keys", {"name": f"key-{n}", "public_key": f"ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIMUuqfTnb9KWoiKZELqkQtAKLjjI06QYT32u3Bge1tkr key-{n}"}))
     replies = _run(servers, calls)
     assert Counter(r.status_code for r in replies) == {201: len(calls)}
     created = {r.json()["id"]: r.json() for r in replies}

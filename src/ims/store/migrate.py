@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import fcntl
+import os
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 from alembic import command
@@ -21,9 +25,25 @@ def alembic_config(url: str) -> Config:
     return config
 
 
+@contextmanager
+def _sqlite_migration_lock(database: Database) -> Iterator[None]:
+    # alembic runs SQLite DDL without one enclosing transaction, so BEGIN IMMEDIATE alone does not keep a
+    # second replica from starting the same migration: replicas take turns on a lock file beside the database.
+    path = database.engine.url.database
+    if not database.is_sqlite or not path or path == ":memory:":
+        yield
+        return
+    fd = os.open(f"{path}.migrate-lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)
+
+
 def upgrade(database: Database) -> None:
     """Bring the schema to the newest revision; safe to call from several processes at once."""
-    with database.engine.connect() as conn:
+    with _sqlite_migration_lock(database), database.engine.connect() as conn:
         if database.is_sqlite:
             # BEGIN IMMEDIATE: the first process to start migrating holds the write lock until it commits.
             conn = conn.execution_options(**{_WRITE: True})
