@@ -395,7 +395,8 @@ def test_deleting_a_building_job_stops_kiwi_at_once(
     recipe_id = _upload(ims_client, artifact_store, RECIPES / BUILT_RECIPE)
     job = _post_create(jobs_api, recipe_id, key_id)
     wait_status(jobs_api, job["id"], {"building_image"}, timeout=300)
-    wait_for(lambda: _kiwi_running(job["id"]), 60, "kiwi-ng to run")
+    # kiwi waits for the host-wide kiwi lock while another build holds it
+    wait_for(lambda: _kiwi_running(job["id"]), 300, "kiwi-ng to run")
     time.sleep(5)  # well into the build: kiwi has mounted /proc, /dev and /sys into the root
 
     job_dir = jobs_dir(job_server) / job["id"]
