@@ -24,12 +24,11 @@ from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.responses import Response
-from sqlalchemy import func, select
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from ims.artifacts import s3
 from ims.services.context import ServiceContext
-from ims.store.tables import jobs, tasks
+from ims.store.counts import queue_and_job_counts
 
 MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
 _METRICS: dict[str, Any] = {}
@@ -114,15 +113,8 @@ def _database_families(ctx: ServiceContext) -> list[Any]:
     from prometheus_client.core import GaugeMetricFamily
 
     now = time.time()
-    with ctx.database.read() as conn:
-        task_states: dict[str, int] = dict(conn.execute(select(tasks.c.state, func.count()).group_by(tasks.c.state)).all())
-        oldest = conn.execute(
-            select(func.min(tasks.c.created)).where(tasks.c.state.in_(("pending", "running")))
-        ).scalar()
-        job_states: dict[str, int] = dict(
-            conn.execute(select(jobs.c.status, func.count()).where(jobs.c.deleted.is_(None)).group_by(jobs.c.status))
-            .all()
-        )
+    counts = queue_and_job_counts(ctx.database)
+    task_states, oldest, job_states = counts.task_states, counts.oldest_unfinished_task, counts.job_states
     unfinished = GaugeMetricFamily("ims_tasks_unfinished", "S3 tasks pending or running (queue depth)")
     unfinished.add_metric([], int(task_states.get("pending", 0)) + int(task_states.get("running", 0)))
     age = GaugeMetricFamily("ims_task_oldest_age_seconds", "Age of the oldest unfinished S3 task (0: none)")
