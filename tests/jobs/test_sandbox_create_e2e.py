@@ -1,6 +1,7 @@
 """A create build whose config.sh goes looking for the host: it breaks out of kiwi's chroot (it holds
 CAP_SYS_CHROOT, as any OCI container does) and finds only kiwi's sandbox: no IMS data dir or database, no
-host /etc/shadow, no IMS source tree. The build still succeeds. One real kiwi build (~90 s unloaded).
+host /etc/shadow, no IMS source tree, and neither the IMS API nor the S3 endpoint on the host's loopback.
+The build still succeeds (its packages come in through slirp4netns). One real kiwi build (~90 s unloaded).
 """
 
 from __future__ import annotations
@@ -10,6 +11,7 @@ import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import httpx
 import pytest
@@ -43,6 +45,14 @@ probe=$(perl -e '
     echo "CAPS: $(grep -E "^CapEff" /proc/self/status | tr -d "\t")"
 ' 2>&1 || true)
 rmdir /.ims-escape 2>/dev/null || true
+# The host's loopback services: the IMS API and the S3 endpoint (bash's /dev/tcp, 3 s at most each).
+for target in API:@API_PORT@ S3:@S3_PORT@ GATEWAY:@GATEWAY@; do
+    name=${target%%:*}; port=${target#*:}; host=127.0.0.1
+    if [ "$name" = GATEWAY ]; then host=10.0.2.2; fi
+    if timeout 3 bash -c "exec 3<>/dev/tcp/$host/$port" 2>/dev/null; then state=reachable; else state=unreachable; fi
+    probe="$probe
+NET_$name: $state"
+done
 printf '%s\n' "$probe" > /root/ims-sandbox-probe.txt
 """
 
@@ -64,7 +74,10 @@ def test_config_sh_finds_nothing_of_the_host_and_the_build_succeeds(
     recipe = tmp_path / f"probing-{uuid.uuid4().hex[:6]}"
     shutil.copytree(RECIPES / "debian-bookworm-tbz", recipe)
     source_tree = Path(__file__).resolve().parents[2] / "src" / "ims"
+    api_port = str(urlsplit(job_server.url).port)
+    s3_port = str(urlsplit(job_server.env["S3_ENDPOINT"]).port)
     probe = PROBE.replace("@DATA@", str(job_server.data_dir)).replace("@SOURCE@", str(source_tree))
+    probe = probe.replace("@API_PORT@", api_port).replace("@S3_PORT@", s3_port).replace("@GATEWAY@", api_port)
     with (recipe / "config.sh").open("a") as config:
         config.write(probe)
     recipe_id = _upload(ims_client, artifact_store, recipe)
@@ -89,3 +102,5 @@ def test_config_sh_finds_nothing_of_the_host_and_the_build_succeeds(
     assert lines["SOURCE"] == "absent", report
     # The OCI default set plus CAP_SYS_ADMIN (kiwi's mounts), held in the sandbox's own user namespace.
     assert lines["CAPS"] == "CapEff:00000000a82425fb", report
+    # Its own network (slirp4netns, no host loopback): packages came in, the host's services are out of reach.
+    assert lines["NET_API"] == lines["NET_S3"] == lines["NET_GATEWAY"] == "unreachable", report

@@ -10,6 +10,11 @@ config.sh and images.sh) see only:
 - a private /proc, a minimal /dev, an empty /sys, private tmpfs /tmp, /var/tmp, /run and /root; the
   root tmpfs stays writable, so kiwi's keyring in /etc/apt/keyrings and its /var/lib/dpkg/status.kiwi
   land there and vanish with the sandbox instead of touching the host.
+Network: with IMS_JOB_NETWORK=isolated (the default where slirp4netns is installed, as for the SSH
+session, see ims.stages.slirp) the sandbox has a network namespace of its own, wired out by slirp4netns
+without the host's loopback: package downloads work, while the host's loopback services (the IMS API, the
+embedded SeaweedFS's unauthenticated filer and volume ports) are out of reach of recipe code. kiwi's command
+starts only once slirp4netns has connected the namespace (a constant shell loop waits for its tap device).
 Capabilities: the OCI default set plus CAP_SYS_ADMIN, all in the sandbox's own user namespace (see
 ims.stages.sandbox): kiwi bind-mounts /proc, /dev and /sys into the image root and mounts tmpfs, which
 works there, while host-level mounts (a block device, devtmpfs, sysfs) and device nodes do not. Loop
@@ -32,13 +37,47 @@ from collections.abc import Sequence
 from pathlib import Path
 from types import FrameType
 
-from ims.stages.sandbox import OCI_DEFAULT_CAPS, Sandbox, SandboxError, SandboxProcess, clean_env, launch
+from ims.stages.sandbox import (
+    OCI_DEFAULT_CAPS,
+    TOOLBOX_ETC,
+    Sandbox,
+    SandboxError,
+    SandboxProcess,
+    clean_env,
+    launch,
+)
+from ims.stages.slirp import TAP, SlirpError, SlirpNetwork, host_resolv_conf, slirp4netns_path
 
 KIWI_CACHE = Path("/var/cache/kiwi")
 KIWI_CAPS = (*OCI_DEFAULT_CAPS, "SYS_ADMIN")
 # Passed through when the stage has them: package downloads may need a proxy.
 PASS_THROUGH = ("http_proxy", "https_proxy", "no_proxy", "HTTP_PROXY", "HTTPS_PROXY", "NO_PROXY", "IMS_JOB_ID")
 _PATH_OPTIONS = ("--target-dir", "--description", "--logfile", "--config", "--ca-cert")
+# Runs inside the sandbox before kiwi: waits (up to 20 s) for slirp4netns's tap device, then execs kiwi's
+# argv, which stays positional parameters and is never part of the script.
+AWAIT_NETWORK = (
+    f"i=0; until grep -q '^ *{TAP}:' /proc/net/dev; do i=$((i+1)); "
+    "if [ $i -gt 400 ]; then echo 'ims: the sandbox network did not come up' >&2; exit 125; fi; sleep 0.05; done; "
+    'exec "$@"'
+)
+
+
+def isolated_network(environ: dict[str, str]) -> bool:
+    """IMS_JOB_NETWORK for kiwi: isolated unless `host`, or unset/auto on a host without slirp4netns."""
+    mode = environ.get("IMS_JOB_NETWORK", "").strip().lower()
+    if mode == "host":
+        return False
+    if slirp4netns_path() is not None:
+        return True
+    if mode == "isolated":
+        raise SandboxError("IMS_JOB_NETWORK=isolated, but slirp4netns is not installed")
+    print(
+        "ims: warning: slirp4netns is not installed: kiwi's sandbox shares the host's network, so recipe code can "
+        "reach the host's loopback services (see docs/jobs.md; IMS_JOB_NETWORK=host accepts this without the warning)",
+        file=sys.stderr,
+        flush=True,
+    )
+    return False
 
 
 def _option(argv: Sequence[str], name: str) -> Path | None:
@@ -58,8 +97,12 @@ def _under(path: Path, parent: Path) -> bool:
     return True
 
 
-def kiwi_sandbox(kiwi_argv: Sequence[str], environ: dict[str, str] | None = None) -> Sandbox:
-    """The sandbox for one kiwi-ng command line; its job directory is kiwi's `--target-dir`."""
+def kiwi_sandbox(kiwi_argv: Sequence[str], environ: dict[str, str] | None = None, *, isolated: bool = False) -> Sandbox:
+    """The sandbox for one kiwi-ng command line; its job directory is kiwi's `--target-dir`.
+
+    `isolated`: a network namespace of its own (slirp4netns joins it once it runs) and a resolv.conf that
+    names slirp4netns's DNS forwarder; kiwi copies it into the image root for its package installs.
+    """
     environ = dict(os.environ if environ is None else environ)
     target = _option(kiwi_argv, "--target-dir")
     if target is None:
@@ -71,7 +114,13 @@ def kiwi_sandbox(kiwi_argv: Sequence[str], environ: dict[str, str] | None = None
         chdir=str(target),
     )
     # Scratch places first: a later bind (this Python under /root/.pyenv, say) may sit inside one.
-    box.host_system().proc().dev().dir("/sys").tmpfs("/tmp").tmpfs("/var/tmp").tmpfs("/run").tmpfs("/root")
+    if isolated:
+        box.unshare_net = True
+        box.host_system(etc=tuple(name for name in TOOLBOX_ETC if name != "resolv.conf"))
+        box.file("/etc/resolv.conf", host_resolv_conf())
+    else:
+        box.host_system()
+    box.proc().dev().dir("/sys").tmpfs("/tmp").tmpfs("/var/tmp").tmpfs("/run").tmpfs("/root")
     box.dir("/run/lock").dir("/var/lib/dpkg").dir("/var/log/apt")
     # The host's apt-get looks for these even though kiwi points Dir::Etc elsewhere; empty, so none of
     # the host's apt configuration (auth.conf.d credentials included) reaches recipe code. A proxy comes
@@ -81,7 +130,10 @@ def kiwi_sandbox(kiwi_argv: Sequence[str], environ: dict[str, str] | None = None
     box.python_runtime()
     kiwi = Path(shutil.which(kiwi_argv[0]) or kiwi_argv[0]).resolve()
     if not _under(kiwi, Path("/usr")) and not _under(kiwi, Path(sys.prefix)):
-        box.ro_bind(kiwi.parent)
+        # kiwi-ng installed in a virtualenv of its own (pip's usual way on a build node): its script's
+        # interpreter and site-packages are that whole environment, read-only.
+        venv = kiwi.parent.parent
+        box.ro_bind(venv if (venv / "pyvenv.cfg").is_file() else kiwi.parent)
     KIWI_CACHE.mkdir(mode=0o755, parents=True, exist_ok=True)
     box.bind(KIWI_CACHE)
     box.bind(target)
@@ -99,22 +151,38 @@ def main(argv: list[str]) -> int:
         print("usage: python -m ims.stages.kiwi_sandbox -- KIWI-NG ARGS...", file=sys.stderr)
         return 2
     started: list[SandboxProcess] = []
+    networks: list[SlirpNetwork] = []
 
     def stop(signum: int, _frame: FrameType | None) -> None:
         for sandbox in started:
             sandbox.stop(5.0)
+        for network in networks:
+            network.stop()
         os._exit(128 + signum)
 
     for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
         signal.signal(signum, stop)
     log = _option(argv, "--logfile")
     try:
-        box = kiwi_sandbox(argv)
-        started.append(launch(box, argv, stdin=None, stdout=None, stderr=None))
-    except SandboxError as exc:
+        isolated = isolated_network(dict(os.environ))
+        box = kiwi_sandbox(argv, isolated=isolated)
+        command = ["/bin/sh", "-c", AWAIT_NETWORK, "sh", *argv] if isolated else argv
+        started.append(launch(box, command, stdin=None, stdout=None, stderr=None))
+        if isolated:
+            # Only once bwrap has set up the namespace's loopback: slirp4netns configures the namespace too.
+            started[0].wait_setup()
+            # Its chatter stays out of the job log; a failure to connect is reported below.
+            networks.append(SlirpNetwork.attach(started[0].init_pid))
+    except (SandboxError, SlirpError, OSError) as exc:
+        for sandbox in started:
+            sandbox.stop(5.0)
         _report(log, f"kiwi's sandbox could not start: {exc}")
         return 125
-    code = started[0].process.wait()
+    try:
+        code = started[0].process.wait()
+    finally:
+        for network in networks:
+            network.stop()
     target = _option(argv, "--target-dir")
     escapes = outside_links(target) if target is not None else []
     if escapes:

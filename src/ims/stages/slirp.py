@@ -76,6 +76,7 @@ class SlirpNetwork:
         binary = slirp4netns_path()
         if binary is None:
             raise SlirpError("slirp4netns is not installed")
+        _sweep_stale_dirs()
         # Outside every sandbox: a session must never reach this socket (it could add port forwards).
         # /run (root's tmpfs) rather than /tmp: the job's /tmp is the user-visible work area on remote nodes.
         directory = Path(tempfile.mkdtemp(prefix="ims-slirp-", dir=RUNTIME_DIR if os.path.isdir(RUNTIME_DIR) else None))
@@ -167,6 +168,23 @@ class SlirpNetwork:
             self.process.kill()
             self.process.wait(timeout)
         shutil.rmtree(self.api_socket.parent, ignore_errors=True)
+
+
+def _sweep_stale_dirs(min_age: float = 60.0) -> None:
+    """Remove the socket directories of slirp4netns processes that are gone (their stage was SIGKILLed)."""
+    now = time.time()
+    for directory in Path(RUNTIME_DIR).glob("ims-slirp-*"):
+        try:
+            if now - directory.stat().st_mtime < min_age:
+                continue  # may be one being set up right now
+        except OSError:
+            continue
+        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as probe:
+            probe.settimeout(1.0)
+            try:
+                probe.connect(str(directory / "api.sock"))
+            except OSError:
+                shutil.rmtree(directory, ignore_errors=True)
 
 
 def _wait_ready(fd: int, process: subprocess.Popen[bytes], timeout: float) -> bool:
