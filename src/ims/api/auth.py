@@ -29,10 +29,10 @@ from ims.api.deps import Services
 from ims.api.http import problem
 from ims.api.oidc import KeysUnavailable, OidcVerifier, TokenRejected
 from ims.domain.errors import ImsError
+from ims.domain.job_tokens import looks_like_job_token
 from ims.services.job_tokens import MAX_RESULT_IMAGES, JobToken, JobTokenService
 from ims.services.job_uploads import decode_upload_id
 from ims.settings import is_loopback
-from ims.store.job_tokens import looks_like_job_token
 
 log = logging.getLogger(__name__)
 audit_log = logging.getLogger("ims.audit")

@@ -26,9 +26,8 @@ from fastapi import FastAPI, Request
 from fastapi.responses import Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from ims.artifacts import s3
 from ims.services.context import ServiceContext
-from ims.store.counts import queue_and_job_counts
+from ims.services.metrics import on_s3_error, queue_and_job_counts
 
 MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
 _METRICS: dict[str, Any] = {}
@@ -58,7 +57,7 @@ def setup() -> dict[str, Any]:
         buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30),
     )
     _METRICS["s3_errors"] = Counter("ims_s3_errors", "Failed S3 calls by operation and kind", ["operation", "kind"])
-    s3.ERROR_HOOKS.append(lambda operation, kind: _METRICS["s3_errors"].labels(operation, kind).inc())
+    on_s3_error(lambda operation, kind: _METRICS["s3_errors"].labels(operation, kind).inc())
     return _METRICS
 
 
@@ -113,7 +112,7 @@ def _database_families(ctx: ServiceContext) -> list[Any]:
     from prometheus_client.core import GaugeMetricFamily
 
     now = time.time()
-    counts = queue_and_job_counts(ctx.database)
+    counts = queue_and_job_counts(ctx)
     task_states, oldest, job_states = counts.task_states, counts.oldest_unfinished_task, counts.job_states
     unfinished = GaugeMetricFamily("ims_tasks_unfinished", "S3 tasks pending or running (queue depth)")
     unfinished.add_metric([], int(task_states.get("pending", 0)) + int(task_states.get("running", 0)))
@@ -169,7 +168,9 @@ def install(app: FastAPI) -> None:
         "/metrics",
         tags=["health"],
         summary="Prometheus metrics (requests, latency, S3 errors, task queue, jobs)",
-        responses={200: {"description": "Prometheus text format.", "content": {"text/plain": {"schema": {"type": "string"}}}}},
+        responses={
+            200: {"description": "Prometheus text format.", "content": {"text/plain": {"schema": {"type": "string"}}}}
+        },
     )
     async def metrics(request: Request) -> Response:
         from starlette.concurrency import run_in_threadpool

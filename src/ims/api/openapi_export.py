@@ -28,7 +28,7 @@ _OFFLINE_SETTINGS = {
 
 
 def openapi_document() -> dict[str, Any]:
-    from ims.cli.serve import build_app
+    from ims.api.server import build_app
     from ims.settings import Settings
 
     app = build_app(Settings(**_OFFLINE_SETTINGS))  # type: ignore[arg-type]
@@ -52,7 +52,9 @@ _Dumper.add_representer(str, _str_representer)
 
 def render_yaml(document: dict[str, Any] | None = None) -> str:
     document = openapi_document() if document is None else document
-    body = yaml.dump(document, Dumper=_Dumper, sort_keys=False, allow_unicode=True, width=1000, default_flow_style=False)
+    body = yaml.dump(
+        document, Dumper=_Dumper, sort_keys=False, allow_unicode=True, width=1000, default_flow_style=False
+    )
     return HEADER + body
 
 

@@ -6,25 +6,16 @@ from pathlib import Path
 
 import typer
 
+from ims.services import datafiles
+from ims.services.datafiles import DatabaseUnusable, Report
 from ims.settings import load_settings_or_exit
-from ims.store import migrate
-from ims.store.datafiles import Report, export_directory, import_directory
-from ims.store.db import Database
 
 app = typer.Typer(help="Import or export the original IMS data files.", no_args_is_help=True)
 
 
-def _database() -> Database:
-    """The database `ims serve` would use (IMS_DATABASE_URL or IMS_DATA_DIR), brought to the newest schema."""
-    settings = load_settings_or_exit()
-    database = Database(settings.effective_database_url, pool_size=1)
-    try:
-        migrate.upgrade(database)
-    except Exception as exc:
-        database.dispose()
-        typer.echo(f"ims: the database at {database.engine.url!r} is not usable: {exc}", err=True)
-        raise typer.Exit(2) from None
-    return database
+def _unusable(exc: DatabaseUnusable) -> typer.Exit:
+    typer.echo(f"ims: {exc}", err=True)
+    return typer.Exit(2)
 
 
 def _print(report: Report) -> None:
@@ -51,11 +42,10 @@ def import_files(
 
     Example: ims data import /var/ims/data
     """
-    database = _database()
     try:
-        report = import_directory(database, directory, replace=replace, dry_run=dry_run)
-    finally:
-        database.dispose()
+        report = datafiles.import_files(load_settings_or_exit(), directory, replace=replace, dry_run=dry_run)
+    except DatabaseUnusable as exc:
+        raise _unusable(exc) from None
     _print(report)
     if report.problems:
         typer.echo(f"ims: nothing imported: {len(report.problems)} problem(s)", err=True)
@@ -76,11 +66,10 @@ def export_files(
 
     Example: ims data export /tmp/ims-data
     """
-    database = _database()
     try:
-        report = export_directory(database, directory, overwrite=force, strict=strict)
-    finally:
-        database.dispose()
+        report = datafiles.export_files(load_settings_or_exit(), directory, overwrite=force, strict=strict)
+    except DatabaseUnusable as exc:
+        raise _unusable(exc) from None
     _print(report)
     if not report.done:
         typer.echo("ims: nothing exported", err=True)

@@ -15,13 +15,12 @@ from typing import Any
 
 from sqlalchemy import Connection, insert, select, update
 
+from ims.domain.job_tokens import PREFIX, TOKEN_LENGTH, looks_like_job_token
 from ims.domain.jobs import FINAL_STATUSES
 from ims.domain.timeutil import utcnow
 from ims.store.tables import job_tokens as table
 from ims.store.tables import jobs
 
-PREFIX = "imsjob_"
-TOKEN_LENGTH = len(PREFIX) + 43
 # A job creates one result image; a few more allow for retries, not for filling the store.
 MAX_RESULT_IMAGES = 16
 
@@ -38,10 +37,6 @@ def new_token() -> str:
 
 def hash_token(token: str) -> str:
     return hashlib.sha256(token.encode("utf-8", "surrogateescape")).hexdigest()
-
-
-def looks_like_job_token(token: str) -> bool:
-    return token.startswith(PREFIX)
 
 
 def create(conn: Connection, job_id: str) -> None:
