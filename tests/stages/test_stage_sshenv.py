@@ -221,3 +221,25 @@ def test_a_root_owned_job_tree_is_jailed_without_a_bind_mount(
         assert f"jailed in {job_dir}/image-root" in log.text()  # type: ignore[attr-defined]
     finally:
         shutil.rmtree(tree)
+
+
+def test_the_grace_waits_for_connected_sessions_only(
+    job_dir: Path, test_image: LocalImage, user_key: KeyPair, ssh_port: int
+) -> None:
+    import time
+
+    # A session still connected after `complete` finishes its work within the grace ...
+    stage, _ = _start(job_dir, test_image, user_key, ssh_port, jail=True, IMS_SSH_GRACE_SECONDS="10")
+    late = ssh(user_key, ssh_port, "touch /tmp/complete; sleep 1.5; echo late > /etc/late-write")
+    assert late.returncode == 0, late.stderr
+    assert stage.join() is Verdict.COMPLETE
+    assert (job_dir / "image-root" / "etc" / "late-write").read_text() == "late\n"
+
+    # ... and with every client gone the verdict comes at once, not after the grace.
+    shutil.rmtree(job_dir / "image-root")
+    stage, _ = _start(job_dir, test_image, user_key, ssh_port, jail=True, IMS_SSH_GRACE_SECONDS="10")
+    done = ssh(user_key, ssh_port, "touch /tmp/complete")
+    assert done.returncode == 0, done.stderr
+    start = time.monotonic()
+    assert stage.join() is Verdict.COMPLETE
+    assert time.monotonic() - start < 5.0

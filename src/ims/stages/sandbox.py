@@ -264,6 +264,12 @@ class SandboxProcess:
 
 
 def _has_child(pid: int) -> bool:
+    return bool(children(pid))
+
+
+def children(pid: int) -> list[int]:
+    """The host pids of `pid`'s child processes."""
+    found = []
     for entry in os.scandir("/proc"):
         if not entry.name.isdigit():
             continue
@@ -274,8 +280,8 @@ def _has_child(pid: int) -> bool:
         # "pid (comm) state ppid ...": comm may hold spaces and parentheses, so split after the last ")".
         fields = stat[stat.rfind(")") + 2 :].split()
         if len(fields) > 1 and fields[1] == str(pid):
-            return True
-    return False
+            found.append(int(entry.name))
+    return found
 
 
 def bwrap_path() -> str:

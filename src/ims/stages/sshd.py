@@ -28,7 +28,7 @@ from pathlib import Path
 
 from ims.stages.environment import JobEnvironment
 from ims.stages.reporting import StageError
-from ims.stages.sandbox import TOOLBOX_ETC, Sandbox, SandboxError, SandboxProcess, clean_env, launch
+from ims.stages.sandbox import TOOLBOX_ETC, Sandbox, SandboxError, SandboxProcess, children, clean_env, launch
 from ims.stages.slirp import SlirpError, SlirpNetwork, host_resolv_conf
 
 SSHD = "/usr/sbin/sshd"
@@ -270,6 +270,19 @@ class SshServer:
                 return time.monotonic() - start
             time.sleep(0.02)
         raise StageError(f"sshd did not answer on {self.env.ssh_listen}:{self.env.ssh_port} in {timeout:g} s")
+
+    def sessions_open(self) -> bool:
+        """Whether a client is still connected: sshd (the sandbox init's child) has a process per connection."""
+        if self.sandbox is None or not self.sandbox.running():
+            return False
+        return any(children(sshd) for sshd in children(self.sandbox.init_pid))
+
+    def wait_sessions_closed(self, timeout: float) -> float:
+        """Wait until no client is connected, `timeout` at most; return the seconds waited."""
+        start = time.monotonic()
+        while time.monotonic() - start < timeout and self.sessions_open():
+            time.sleep(0.05)
+        return time.monotonic() - start
 
     def stop(self, grace: float = 10.0) -> None:
         """End sshd and every session; returns only once they are all gone (the port is free)."""

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import ipaddress
 import os
-import time
 from pathlib import Path
 
 from ims.stages.environment import JobEnvironment
@@ -91,7 +90,9 @@ def sshenv(env: JobEnvironment, reporter: Reporter, image_root: Path | None = No
         verdict = places.wait(env.poll_seconds, env.user_wait_limit, server.running)
         reporter.say(f"user verdict: {verdict.value}")
         if verdict in (Verdict.COMPLETE, Verdict.FAILED):
-            time.sleep(env.session_grace_seconds)
+            # Sessions still connected (`touch /tmp/complete` followed by more commands, an Ansible run's
+            # last tasks) get up to the grace to finish; with every client gone there is nothing to wait for.
+            server.wait_sessions_closed(env.session_grace_seconds)
         if verdict is Verdict.SERVER_GONE:
             raise StageError(f"sshd exited while waiting for the user: {server.log_tail()}")
         if verdict is Verdict.TIMED_OUT:
