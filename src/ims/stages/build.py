@@ -11,6 +11,11 @@ Two build types are taken:
 kiwi runs in the job's bubblewrap sandbox (ims.stages.kiwi_sandbox): it sees only the job's directory,
 its package cache and read-only system dirs, and the mounts it makes (/proc, /sys and /dev in the image
 root) live in the sandbox's mount namespace. When the sandbox ends, every mount and process in it goes too.
+
+A job whose arch (BUILD_ARCH) is not the host's builds under emulation: kiwi gets `--target-arch`, so the
+recipe's `arch="..."` package choices follow the job, the sandbox tells the host's apt-get (kiwi's Debian
+bootstrap resolves and downloads with it) the job's Debian architecture, and every binary of the image root
+runs through qemu-user-static, which binfmt_misc must have registered: without it the build fails before kiwi.
 """
 
 from __future__ import annotations
@@ -19,6 +24,7 @@ import codecs
 import os
 import re
 import shutil
+import struct
 import subprocess
 import sys
 import time
@@ -54,6 +60,12 @@ _CA_DISTRIBUTIONS = {
 _ERROR_LINE = re.compile(r"^\[\s*ERROR\s*\]:\s*(?:\d\d:\d\d:\d\d\s*\|\s*)?(.*)$")
 _REASON_LIMIT = 1000
 ISOLATE_ARGV = [sys.executable, "-m", "ims.stages.kiwi_sandbox", "--"]
+BINFMT_MISC = Path("/proc/sys/fs/binfmt_misc")
+# The emulation probe's code: exit(0) in three instructions.
+_PROBE_CODE = {
+    "aarch64": (183, bytes.fromhex("000080d2a80b80d2010000d4")),  # mov x0, #0; mov x8, #93; svc #0
+    "x86_64": (62, bytes.fromhex("b83c00000031ff0f05")),  # mov eax, 60; xor edi, edi; syscall
+}
 
 
 class BuildFailed(StageError):
@@ -102,6 +114,7 @@ def kiwi_argv(
     ca_cert: Path | None = None,
     ca_distribution: str = "",
     isolate: bool = True,
+    target_arch: str | None = None,
 ) -> list[str]:
     argv = [*(ISOLATE_ARGV if isolate else []), kiwi]
     if debug:
@@ -109,10 +122,89 @@ def kiwi_argv(
     argv += ["--logfile", str(log_path)]
     if runtime_config is not None:
         argv += ["--config", str(runtime_config)]
+    if target_arch:
+        argv += ["--target-arch", target_arch]
     argv += ["--type", build_type, "system", "build", "--description", str(description), "--target-dir", str(target)]
     if ca_cert is not None:
         argv += ["--ca-cert", str(ca_cert), "--ca-target-distribution", ca_distribution]
     return argv
+
+
+def binfmt_problem(arch: str, binfmt: Path | None = None) -> str | None:
+    """What binfmt_misc's `qemu-<arch>` entry says against running `arch` programs; None when it looks fine.
+
+    Only where binfmt_misc is mounted: in a mount namespace of its own (the LocalRunner's) it is not, while
+    the kernel still applies the host's entries.
+    """
+    binfmt = binfmt or BINFMT_MISC
+    if not (binfmt / "register").exists():
+        return None
+    entry = binfmt / f"qemu-{arch}"
+    try:
+        lines = entry.read_text().splitlines()
+    except OSError:
+        return f"qemu-{arch} is not registered in {binfmt} (install qemu-user-static and binfmt-support)"
+    if not lines or lines[0].strip() != "enabled":
+        return f"{entry} is disabled (update-binfmts --enable qemu-{arch})"
+    fields = dict(line.split(None, 1) for line in lines[1:] if " " in line.strip())
+    interpreter = fields.get("interpreter", "").strip()
+    # Without the F flag the kernel opens the interpreter at each exec; it must be there.
+    if interpreter and "F" not in fields.get("flags:", "") and not Path(interpreter).exists():
+        return f"{entry} names the interpreter {interpreter}, which does not exist"
+    return None
+
+
+def probe_program(arch: str) -> bytes | None:
+    """The smallest static `arch` program: an ELF header, one loadable segment, exit(0). None: unknown arch."""
+    if arch not in _PROBE_CODE:
+        return None
+    machine, code = _PROBE_CODE[arch]
+    base, header_size, segment_header_size = 0x400000, 64, 56
+    size = header_size + segment_header_size + len(code)
+    elf = b"\x7fELF" + bytes([2, 1, 1, 0]) + bytes(8)  # 64-bit, little-endian, ELF version 1, System V
+    elf += struct.pack(
+        "<HHIQQQIHHHHHH",
+        2,  # ET_EXEC
+        machine,
+        1,
+        base + header_size + segment_header_size,  # entry: the code right after the headers
+        header_size,  # program headers
+        0,  # no section headers
+        0,
+        header_size,
+        segment_header_size,
+        1,
+        0,
+        0,
+        0,
+    )
+    elf += struct.pack("<IIQQQQQQ", 1, 5, 0, base, base, size, size, 0x1000)  # PT_LOAD, R+X, the whole file
+    return elf + code
+
+
+def program_problem(arch: str, scratch: Path) -> str | None:
+    """Run a tiny `arch` program (written to `scratch`): why it does not run, None when it does."""
+    program = probe_program(arch)
+    if program is None:
+        return f"no probe program is known for {arch}"
+    path = scratch / f".ims-{arch}-probe"
+    path.unlink(missing_ok=True)
+    path.write_bytes(program)
+    path.chmod(0o700)
+    try:
+        done = subprocess.run([str(path)], capture_output=True, timeout=60, stdin=subprocess.DEVNULL)
+    except OSError as exc:
+        return f"an {arch} program does not run here ({exc.strerror}): qemu-{arch} is not registered in binfmt_misc"
+    except subprocess.TimeoutExpired:
+        return f"an {arch} program did not end within 60 s"
+    finally:
+        path.unlink(missing_ok=True)
+    return None if done.returncode == 0 else f"an {arch} program exited with {done.returncode} instead of 0"
+
+
+def emulation_problem(arch: str, scratch: Path, binfmt: Path | None = None) -> str | None:
+    """Why this host cannot run `arch` programs through qemu-user (binfmt_misc); None when it can."""
+    return binfmt_problem(arch, binfmt) or program_problem(arch, scratch)
 
 
 def last_error_line(log_path: Path) -> str:
@@ -214,6 +306,19 @@ def build_image(env: JobEnvironment, reporter: Reporter, settings: CreateSetting
     if refusal:
         raise fail(refusal)
 
+    isolate = os.geteuid() == 0
+    host_arch = os.uname().machine
+    target_arch = env.build_arch if env.build_arch != host_arch else None
+    if target_arch:
+        problem = emulation_problem(target_arch, parent)
+        if problem:
+            raise fail(f"cannot build an {target_arch} image on this {host_arch} host: {problem}")
+        if not isolate:
+            # The sandbox is what gives the host's apt-get the job's architecture; without it kiwi would
+            # bootstrap the root with the host's packages.
+            raise fail(f"an {target_arch} build on this {host_arch} host runs only in kiwi's sandbox (as root)")
+        reporter.say(f"building an {target_arch} image on this {host_arch} host: its programs run through qemu-user")
+
     # The tar.xz kiwi insists on (tbz; kis unless archive="false") is never uploaded: make it the fastest xz.
     runtime_config = parent / "kiwi-runtime.yml"
     runtime_config.write_text("xz:\n  options: -0 -T0\n")
@@ -229,7 +334,8 @@ def build_image(env: JobEnvironment, reporter: Reporter, settings: CreateSetting
             runtime_config=runtime_config,
             ca_cert=ca,
             ca_distribution=_CA_DISTRIBUTIONS.get(description.package_manager, ""),
-            isolate=os.geteuid() == 0,
+            isolate=isolate,
+            target_arch=target_arch,
         )
     except StageError as exc:
         raise fail(str(exc)) from exc

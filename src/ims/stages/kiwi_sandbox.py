@@ -10,6 +10,10 @@ config.sh and images.sh) see only:
 - a private /proc, a minimal /dev, an empty /sys, private tmpfs /tmp, /var/tmp, /run and /root; the
   root tmpfs stays writable, so kiwi's keyring in /etc/apt/keyrings and its /var/lib/dpkg/status.kiwi
   land there and vanish with the sandbox instead of touching the host.
+Another architecture: with kiwi's `--target-arch` (an emulated build, see ims.stages.build) an apt.conf.d
+file in the sandbox gives the host's apt-get that architecture as its only one, so kiwi's Debian bootstrap
+resolves and downloads the target's packages; apt-get in the image root (chrooted, the image's own, under
+qemu) reads the root's /etc/apt and is native to that architecture anyway.
 Network: with IMS_JOB_NETWORK=isolated (the default where slirp4netns is installed, as for the SSH
 session, see ims.stages.slirp) the sandbox has a network namespace of its own, wired out by slirp4netns
 without the host's loopback: package downloads work, while the host's loopback services (the IMS API, the
@@ -53,6 +57,9 @@ KIWI_CAPS = (*OCI_DEFAULT_CAPS, "SYS_ADMIN")
 # Passed through when the stage has them: package downloads may need a proxy.
 PASS_THROUGH = ("http_proxy", "https_proxy", "no_proxy", "HTTP_PROXY", "HTTPS_PROXY", "NO_PROXY", "IMS_JOB_ID")
 _PATH_OPTIONS = ("--target-dir", "--description", "--logfile", "--config", "--ca-cert")
+# kiwi's architecture names -> Debian's, for an emulated build's host apt-get.
+DEBIAN_ARCHES = {"x86_64": "amd64", "aarch64": "arm64"}
+APT_ARCH_CONF = "/etc/apt/apt.conf.d/00ims-target-arch"
 # Runs inside the sandbox before kiwi: waits (up to 20 s) for slirp4netns's tap device, then execs kiwi's
 # argv, which stays positional parameters and is never part of the script.
 AWAIT_NETWORK = (
@@ -117,6 +124,9 @@ def kiwi_sandbox(kiwi_argv: Sequence[str], environ: dict[str, str] | None = None
     if isolated:
         box.unshare_net = True
         box.host_system(etc=tuple(name for name in TOOLBOX_ETC if name != "resolv.conf"))
+        # World-readable (bwrap makes data files 0600): kiwi copies it into the image root with its mode,
+        # where apt-get's download methods run as _apt and must read it to resolve the archive's name.
+        box.ops.append(("--perms", "0644"))
         box.file("/etc/resolv.conf", host_resolv_conf())
     else:
         box.host_system()
@@ -127,6 +137,9 @@ def kiwi_sandbox(kiwi_argv: Sequence[str], environ: dict[str, str] | None = None
     # through the environment (PASS_THROUGH), which kiwi turns into apt options.
     for name in ("apt.conf.d", "preferences.d", "sources.list.d", "trusted.gpg.d", "auth.conf.d", "keyrings"):
         box.dir(f"/etc/apt/{name}")
+    target_arch = _option(kiwi_argv, "--target-arch")
+    if target_arch is not None:
+        box.file(APT_ARCH_CONF, apt_architecture_conf(str(target_arch)))
     box.python_runtime()
     kiwi = Path(shutil.which(kiwi_argv[0]) or kiwi_argv[0]).resolve()
     if not _under(kiwi, Path("/usr")) and not _under(kiwi, Path(sys.prefix)):
@@ -142,6 +155,14 @@ def kiwi_sandbox(kiwi_argv: Sequence[str], environ: dict[str, str] | None = None
         if path is not None and not _under(path, target):
             raise SandboxError(f"kiwi's {name} {path} is outside the job's directory {target}")
     return box
+
+
+def apt_architecture_conf(target_arch: str) -> str:
+    """apt configuration making kiwi's target architecture apt's native and only one."""
+    debian = DEBIAN_ARCHES.get(target_arch)
+    if debian is None:
+        raise SandboxError(f"no Debian architecture is known for kiwi's --target-arch {target_arch!r}")
+    return f'APT::Architecture "{debian}";\nAPT::Architectures {{ "{debian}"; }};\n'
 
 
 def main(argv: list[str]) -> int:
