@@ -127,6 +127,22 @@ def test_what_root_inside_cannot_do(command: str) -> None:
     assert done.returncode != 0, (command, done.stdout, done.stderr)
 
 
+def test_files_made_for_the_sandbox_are_world_readable_and_read_only() -> None:
+    # A process that drops root (apt's _apt download methods) must still read the resolv.conf it is given.
+    box = Sandbox(env=clean_env()).host_system().proc().dev().file("/etc/ims-test.conf", "nameserver 10.0.2.3\n")
+    done = run(
+        box,
+        [
+            "sh",
+            "-c",
+            "stat -c %a /etc/ims-test.conf && setpriv --reuid 65534 --regid 65534 "
+            "--clear-groups cat /etc/ims-test.conf && echo x >> /etc/ims-test.conf",
+        ],
+    )
+    assert done.stdout.splitlines()[:2] == ["644", "nameserver 10.0.2.3"], (done.stdout, done.stderr)
+    assert done.returncode != 0  # and nobody writes it
+
+
 def test_files_written_inside_keep_their_real_owners(tmp_path: Path) -> None:
     work = tmp_path / "work"
     work.mkdir()

@@ -124,9 +124,8 @@ def kiwi_sandbox(kiwi_argv: Sequence[str], environ: dict[str, str] | None = None
     if isolated:
         box.unshare_net = True
         box.host_system(etc=tuple(name for name in TOOLBOX_ETC if name != "resolv.conf"))
-        # World-readable (bwrap makes data files 0600): kiwi copies it into the image root with its mode,
-        # where apt-get's download methods run as _apt and must read it to resolve the archive's name.
-        box.ops.append(("--perms", "0644"))
+        # World-readable (Sandbox.file): kiwi copies it into the image root with its mode, where apt-get's
+        # download methods run as _apt and must read it to resolve the archive's name.
         box.file("/etc/resolv.conf", host_resolv_conf())
     else:
         box.host_system()

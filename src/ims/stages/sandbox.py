@@ -158,8 +158,11 @@ class Sandbox:
         return self
 
     def file(self, target: str, content: str | bytes) -> Sandbox:
-        """A read-only file made from `content` (bwrap reads it from a pipe; nothing on the host's disk)."""
+        """A read-only, world-readable file made from `content` (bwrap reads it from a pipe; nothing on the
+        host's disk). World-readable as the host's own would be: bwrap's default 0600 hides a resolv.conf or
+        nsswitch.conf from processes that drop root (apt's download methods run as _apt)."""
         self.files.append((target, content.encode() if isinstance(content, str) else content))
+        self.ops.append(("--perms", "0644"))
         self.ops.append(("--ro-bind-data", f"@{len(self.files) - 1}", target))
         return self
 
