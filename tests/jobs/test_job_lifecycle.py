@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -49,10 +50,24 @@ def _sigterm(server: ImsServer) -> None:
 
 
 def _crash(server: ImsServer) -> None:
-    """SIGKILL the server process alone: no shutdown code runs, its jobs' processes live on."""
+    """SIGKILL the server process alone: no shutdown code runs, its jobs' processes live on.
+
+    Its server processes end with it (they get SIGTERM when their supervisor dies), but they may take a
+    moment to let go of the port on a busy machine: a new server started before that would find its
+    port taken while the readiness check still reached the old one.
+    """
     assert server.process is not None
     os.kill(server.process.pid, signal.SIGKILL)
     server.process.wait(10)
+    wait_for(lambda: not _listening(_port(server)), 60, "the crashed server's processes to free the port")
+
+
+def _listening(port: int) -> bool:
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=1.0):
+            return True
+    except OSError:
+        return False
 
 
 NewJob = Callable[..., dict[str, Any]]
