@@ -93,9 +93,11 @@ def servers() -> Iterator[list[ImsServer]]:
     started: list[ImsServer] = []
     yield started
     for server in reversed(started):
-        if server.process is not None and server.process.poll() is None:
-            delete_all_jobs(server)
-        server.stop()
+        try:
+            if server.process is not None and server.process.poll() is None:
+                delete_all_jobs(server)
+        finally:  # a server that stopped answering is stopped all the same, not left running
+            server.stop()
 
 
 @pytest.mark.parametrize("how", ["crash", "stop"])
