@@ -260,3 +260,32 @@ def test_a_build_that_leaves_a_link_out_of_the_job_dir_is_refused(tmp_path: Path
     assert done.returncode == 126, done.stderr
     assert "links out of the job's directory" in last_error_line(log)
     assert str(target / "build" / "image-root") in last_error_line(log)
+
+
+@pytest.mark.skipif(not Path("/usr/bin/python3").exists(), reason="needs the system's python3")
+def test_kiwi_from_a_virtualenv_runs_when_the_stage_uses_another_interpreter(tmp_path: Path) -> None:
+    # A build node: the stage runs with the system's python3 while kiwi-ng lives in a virtualenv (IMS's own
+    # here), possibly made from an interpreter outside /usr (pyenv): the sandbox must show kiwi all of it.
+    kiwi = Path(sys.executable).parent / "kiwi-ng"
+    src = Path(__file__).resolve().parents[2] / "src"
+    done = subprocess.run(
+        [
+            "/usr/bin/python3",
+            "-m",
+            "ims.stages.kiwi_sandbox",
+            "--",
+            str(kiwi),
+            "system",
+            "build",
+            "--target-dir",
+            str(tmp_path),
+            "--help",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={**os.environ, "PYTHONPATH": str(src)},
+        check=False,
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "Usage: kiwi-ng system build" in done.stdout

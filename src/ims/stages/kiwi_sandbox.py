@@ -146,6 +146,9 @@ def kiwi_sandbox(kiwi_argv: Sequence[str], environ: dict[str, str] | None = None
         # interpreter and site-packages are that whole environment, read-only.
         venv = kiwi.parent.parent
         box.ro_bind(venv if (venv / "pyvenv.cfg").is_file() else kiwi.parent)
+        base = venv_base_prefix(venv)
+        if base is not None and not _under(base, Path("/usr")):
+            box.ro_bind(base)  # the interpreter the virtualenv was made from (pyenv's, say)
     KIWI_CACHE.mkdir(mode=0o755, parents=True, exist_ok=True)
     box.bind(KIWI_CACHE)
     box.bind(target)
@@ -154,6 +157,19 @@ def kiwi_sandbox(kiwi_argv: Sequence[str], environ: dict[str, str] | None = None
         if path is not None and not _under(path, target):
             raise SandboxError(f"kiwi's {name} {path} is outside the job's directory {target}")
     return box
+
+
+def venv_base_prefix(venv: Path) -> Path | None:
+    """The installation a virtualenv's interpreter comes from (pyvenv.cfg's `home` is its bin directory)."""
+    try:
+        lines = (venv / "pyvenv.cfg").read_text().splitlines()
+    except OSError:
+        return None
+    for line in lines:
+        key, _, value = line.partition("=")
+        if key.strip() == "home" and value.strip().startswith("/"):
+            return Path(value.strip()).resolve().parent
+    return None
 
 
 def apt_architecture_conf(target_arch: str) -> str:
