@@ -12,6 +12,7 @@ import pytest
 from tests.stages.kit import KeyPair, LocalImage, base_env, reporter_for, ssh
 from tests.stages.test_stage_sshenv import _port_open, _start
 
+from ims.stages import slirp as slirp_module
 from ims.stages import sshenv as sshenv_module
 from ims.stages.environment import JobEnvironment, JobEnvironmentError
 from ims.stages.reporting import StageError
@@ -104,7 +105,7 @@ def test_the_host_network_is_kept_when_asked_for(
 def test_without_slirp4netns_the_default_is_the_host_network_with_a_warning(
     job_dir: Path, test_image: LocalImage, user_key: KeyPair, ssh_port: int, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(sshenv_module, "slirp4netns_path", lambda: None)
+    monkeypatch.setattr(slirp_module, "slirp4netns_path", lambda: None)
     stage, log = _start(job_dir, test_image, user_key, ssh_port, jail=True)
     assert ssh(user_key, ssh_port, "touch /tmp/complete").returncode in (0, 255)
     assert stage.join() is Verdict.COMPLETE
@@ -115,7 +116,7 @@ def test_without_slirp4netns_the_default_is_the_host_network_with_a_warning(
 def test_isolated_without_slirp4netns_is_an_error(
     job_dir: Path, test_image: LocalImage, user_key: KeyPair, ssh_port: int, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(sshenv_module, "slirp4netns_path", lambda: None)
+    monkeypatch.setattr(slirp_module, "slirp4netns_path", lambda: None)
     env = JobEnvironment.from_env(
         base_env(job_dir, IMS_PUBLIC_KEY=user_key.public, IMS_SSH_PORT=str(ssh_port), IMS_JOB_NETWORK="isolated")
     )

@@ -43,14 +43,13 @@ from types import FrameType
 
 from ims.stages.sandbox import (
     OCI_DEFAULT_CAPS,
-    TOOLBOX_ETC,
     Sandbox,
     SandboxError,
     SandboxProcess,
     clean_env,
     launch,
 )
-from ims.stages.slirp import TAP, SlirpError, SlirpNetwork, host_resolv_conf, slirp4netns_path
+from ims.stages.slirp import TAP, SlirpError, SlirpNetwork, choose_isolation, host_resolv_conf
 
 KIWI_CACHE = Path("/var/cache/kiwi")
 KIWI_CAPS = (*OCI_DEFAULT_CAPS, "SYS_ADMIN")
@@ -70,21 +69,20 @@ AWAIT_NETWORK = (
 
 
 def isolated_network(environ: dict[str, str]) -> bool:
-    """IMS_JOB_NETWORK for kiwi: isolated unless `host`, or unset/auto on a host without slirp4netns."""
+    """IMS_JOB_NETWORK for kiwi, decided as for sessions (ims.stages.slirp.choose_isolation)."""
     mode = environ.get("IMS_JOB_NETWORK", "").strip().lower()
-    if mode == "host":
-        return False
-    if slirp4netns_path() is not None:
-        return True
-    if mode == "isolated":
-        raise SandboxError("IMS_JOB_NETWORK=isolated, but slirp4netns is not installed")
-    print(
-        "ims: warning: slirp4netns is not installed: kiwi's sandbox shares the host's network, so recipe code can "
-        "reach the host's loopback services (see docs/jobs.md; IMS_JOB_NETWORK=host accepts this without the warning)",
-        file=sys.stderr,
-        flush=True,
-    )
-    return False
+    try:
+        isolated, reason = choose_isolation("" if mode == "auto" else mode)
+    except SlirpError as exc:
+        raise SandboxError(str(exc)) from None
+    if reason:
+        print(
+            f"ims: warning: {reason}: kiwi's sandbox shares the host's network, so recipe code can reach the "
+            "host's loopback services (see docs/jobs.md; IMS_JOB_NETWORK=host accepts this without the warning)",
+            file=sys.stderr,
+            flush=True,
+        )
+    return isolated
 
 
 def _option(argv: Sequence[str], name: str) -> Path | None:
@@ -121,14 +119,10 @@ def kiwi_sandbox(kiwi_argv: Sequence[str], environ: dict[str, str] | None = None
         chdir=str(target),
     )
     # Scratch places first: a later bind (this Python under /root/.pyenv, say) may sit inside one.
-    if isolated:
-        box.unshare_net = True
-        box.host_system(etc=tuple(name for name in TOOLBOX_ETC if name != "resolv.conf"))
-        # World-readable (Sandbox.file): kiwi copies it into the image root with its mode, where apt-get's
-        # download methods run as _apt and must read it to resolve the archive's name.
-        box.file("/etc/resolv.conf", host_resolv_conf())
-    else:
-        box.host_system()
+    box.unshare_net = isolated
+    # World-readable (Sandbox.file): kiwi copies resolv.conf into the image root with its mode, where
+    # apt-get's download methods run as _apt and must read it to resolve the archive's name.
+    box.host_system(resolv_conf=host_resolv_conf() if isolated else None)
     box.proc().dev().dir("/sys").tmpfs("/tmp").tmpfs("/var/tmp").tmpfs("/run").tmpfs("/root")
     box.dir("/run/lock").dir("/var/lib/dpkg").dir("/var/log/apt")
     # The host's apt-get looks for these even though kiwi points Dir::Etc elsewhere; empty, so none of

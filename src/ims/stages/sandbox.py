@@ -171,8 +171,13 @@ class Sandbox:
         return self
 
     # --- building blocks
-    def host_system(self, etc: Iterable[str] = TOOLBOX_ETC) -> Sandbox:
-        """The host's /usr read-only with the merged-/usr links, and a /etc holding only `etc`."""
+    def host_system(self, etc: Iterable[str] = TOOLBOX_ETC, *, resolv_conf: str | None = None) -> Sandbox:
+        """The host's /usr read-only with the merged-/usr links, and a /etc holding only `etc`.
+
+        `resolv_conf`: the sandbox's own instead of the host's (a network of its own has its own DNS).
+        """
+        if resolv_conf is not None:
+            etc = [name for name in etc if name != "resolv.conf"]
         self.ro_bind("/usr")
         for name in _MERGED_USR:
             host = Path("/") / name
@@ -188,6 +193,8 @@ class Sandbox:
         # Files only: the host's other name services (systemd's userdb, LDAP) are not reachable, and
         # nss-systemd would otherwise report root's account as locked to sshd.
         self.file("/etc/nsswitch.conf", NSSWITCH)
+        if resolv_conf is not None:
+            self.file("/etc/resolv.conf", resolv_conf)
         return self
 
     def python_runtime(self) -> Sandbox:

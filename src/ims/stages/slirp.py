@@ -45,6 +45,22 @@ def slirp4netns_path() -> str | None:
     return shutil.which(SLIRP4NETNS)
 
 
+def choose_isolation(mode: str, obstacle: str | None = None) -> tuple[bool, str | None]:
+    """IMS_JOB_NETWORK's answer for one sandbox: (own network?, why not, to warn about).
+
+    `mode` is "isolated", "host", or "" (isolated where slirp4netns is installed); `obstacle` is what else
+    keeps this sandbox from an own network. `isolated` that cannot be raises SlirpError.
+    """
+    if mode == "host":
+        return False, None
+    reason = "slirp4netns is not installed" if slirp4netns_path() is None else obstacle
+    if reason is None:
+        return True, None
+    if mode == "isolated":
+        raise SlirpError(f"IMS_JOB_NETWORK=isolated, but {reason}")
+    return False, reason
+
+
 def resolv_conf(host_text: str) -> str:
     """The host's resolv.conf with slirp4netns's DNS forwarder as the only name server."""
     kept = [

@@ -28,7 +28,7 @@ from pathlib import Path
 
 from ims.stages.environment import JobEnvironment
 from ims.stages.reporting import StageError
-from ims.stages.sandbox import TOOLBOX_ETC, Sandbox, SandboxError, SandboxProcess, children, clean_env, launch
+from ims.stages.sandbox import Sandbox, SandboxError, SandboxProcess, children, clean_env, launch
 from ims.stages.slirp import SlirpError, SlirpNetwork, host_resolv_conf
 
 SSHD = "/usr/sbin/sshd"
@@ -175,12 +175,8 @@ def session_sandbox(
     """
     # IMS_JOB_ID only (the session gets it through SetEnv anyway): operators find the job's processes by it.
     box = Sandbox(env=clean_env({"IMS_JOB_ID": job_id} if job_id else None))
-    if isolated:
-        box.unshare_net = True
-        box.host_system(etc=tuple(name for name in TOOLBOX_ETC if name != "resolv.conf"))
-        box.file("/etc/resolv.conf", host_resolv_conf())
-    else:
-        box.host_system()
+    box.unshare_net = isolated
+    box.host_system(resolv_conf=host_resolv_conf() if isolated else None)
     box.proc().dev().remount_ro("/dev")
     box.tmpfs("/tmp").tmpfs("/var/tmp").tmpfs("/run").dir("/run/sshd")
     box.ro_bind(files.directory, SSHD_FILES)

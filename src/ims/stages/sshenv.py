@@ -11,7 +11,7 @@ from ims.stages.hostkeys import host_key_lines
 from ims.stages.reporting import Reporter, StageError
 from ims.stages.resolv import ResolvSwap
 from ims.stages.signals import SignalPlaces, Verdict
-from ims.stages.slirp import GUEST_DNS, host_resolv_conf, slirp4netns_path
+from ims.stages.slirp import GUEST_DNS, SlirpError, choose_isolation, host_resolv_conf
 from ims.stages.sshd import WORK_AREA, SshdFiles, SshServer, session_dir, write_keys
 
 
@@ -30,21 +30,18 @@ def signal_places(env: JobEnvironment, image_root: Path | None = None) -> Signal
 
 def isolated_network(env: JobEnvironment, reporter: Reporter) -> bool:
     """Whether the session gets its own network (IMS_JOB_NETWORK; unset: isolated where slirp4netns is)."""
-    if env.job_network == "host":
-        return False
-    if slirp4netns_path() is None:
-        reason = "slirp4netns is not installed"
-    elif ipaddress.ip_address(env.ssh_listen).version != 4:
-        reason = f"slirp4netns forwards IPv4 only and IMS_SSH_LISTEN is {env.ssh_listen}"
-    else:
-        return True
-    if env.job_network == "isolated":
-        raise StageError(f"IMS_JOB_NETWORK=isolated, but {reason}")
-    reporter.say(
-        f"warning: {reason}: the SSH sandbox shares the host's network, so a session can reach the host's "
-        "loopback services (see docs/jobs.md; IMS_JOB_NETWORK=host accepts this without the warning)"
-    )
-    return False
+    ipv6 = ipaddress.ip_address(env.ssh_listen).version != 4
+    obstacle = f"slirp4netns forwards IPv4 only and IMS_SSH_LISTEN is {env.ssh_listen}" if ipv6 else None
+    try:
+        isolated, reason = choose_isolation(env.job_network, obstacle)
+    except SlirpError as exc:
+        raise StageError(str(exc)) from None
+    if reason:
+        reporter.say(
+            f"warning: {reason}: the SSH sandbox shares the host's network, so a session can reach the host's "
+            "loopback services (see docs/jobs.md; IMS_JOB_NETWORK=host accepts this without the warning)"
+        )
+    return isolated
 
 
 def sshenv(env: JobEnvironment, reporter: Reporter, image_root: Path | None = None) -> Verdict:
