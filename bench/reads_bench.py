@@ -344,6 +344,7 @@ def main() -> int:
     parser.add_argument("--write-connections", type=int, default=32)
     parser.add_argument("--workers", type=int, default=0, help="ims serve --workers (default: as ims serve does)")
     parser.add_argument("--json", type=Path, help="also write the phases here")
+    parser.add_argument("--writes-only", action="store_true", help="skip the read phases")
     args = parser.parse_args()
     if shutil.which("wrk") is None:
         sys.exit("reads_bench: `wrk` is missing (apt-get install wrk)")
@@ -416,16 +417,17 @@ def main() -> int:
                 small,
             ),
         ]
-        for name, connections, script, limit_script in reads:
+        for name, connections, script, limit_script in [] if args.writes_only else reads:
             limit_name = "list (static bytes)" if limit_script is static else "hello (small JSON)"
             limit = record(wrk(hello.url, limit_script, connections, args.duration, scratch, limit_name), "limit")
             wrk(server.url, script, connections, 2, scratch, "warm-up")  # every server process has its entries
             record(wrk(server.url, script, connections, args.duration, scratch, name), "ims").limit = limit
         hello.stop()
         hello = None
-        record(refill(server, ids[1]), "ims")
+        if not args.writes_only:
+            record(refill(server, ids[1]), "ims")
 
-        doomed = seed_images(server, int(max(2000.0, 1500 * args.duration)), "doomed")
+        doomed = seed_images(server, int(max(2000.0, 8000 * args.duration)), "doomed")
         writes = [
             ("create image", WRITE_SCRIPTS["create"]),
             ("patch image", ids_lua + WRITE_SCRIPTS["patch"]),

@@ -161,16 +161,26 @@ def create_app(services: Services, *, start_workers: Callable[[], Callable[[], N
     auth.install(app, services)  # before the routers: every route they add checks its caller first
 
     app.include_router(health.build())
-    for prefix, version in VERSIONS:
-        for resource in records.RESOURCES:
+    # Routing tries routes in the order they were added (about 1.5 µs each, and it matches twice), so what
+    # clients write to most comes first: /v3 (BOS, SAT, the cray CLI) beside the un-prefixed v2 (CFS, job pods,
+    # ims-load-artifacts); jobs and images before recipes and keys; /v2 spelled out, which none of them use,
+    # last. No two prefixes share a path, so the order changes nothing else.
+    busiest, spelled_out = [("/v3", "v3"), ("", "v2")], ("/v2", "v2")
+    assert {*busiest, spelled_out} == set(VERSIONS)
+    for hook in ROUTER_HOOKS:
+        for prefix, version in busiest:
+            hook(app, prefix, version)
+    for resource in reversed(records.RESOURCES):
+        for prefix, version in busiest:
             app.include_router(records.build(resource, version), prefix=prefix)
     for resource in records.RESOURCES:
         app.include_router(records.build_deleted(resource), prefix="/v3")
     app.include_router(remote_nodes.build(), prefix="/v3")
     app.include_router(job_artifacts.build(), prefix="/v3")
     for hook in ROUTER_HOOKS:
-        for prefix, version in VERSIONS:
-            hook(app, prefix, version)
+        hook(app, *spelled_out)
+    for resource in records.RESOURCES:
+        app.include_router(records.build(resource, spelled_out[1]), prefix=spelled_out[0])
 
     _install_error_handlers(app)
     caching.install(app, services)  # cached GETs answered before routing (innermost middleware)

@@ -181,8 +181,16 @@ class JobPatch(Schema):
     status_reason = fields.Str(allow_none=True)
 
 
-def load_input(schema: Schema, body: Any) -> dict[str, Any]:
+# One instance per schema class: building one deep-copies its declared fields, a tenth of a small write's
+# CPU. load() keeps no state on the instance, so threads share them.
+_INSTANCES: dict[type[Schema], Schema] = {}
+
+
+def load_input(schema_class: type[Schema], body: Any) -> dict[str, Any]:
     """Validate a request body: a falsy body is 'No input provided', anything else goes to the schema."""
+    schema = _INSTANCES.get(schema_class)
+    if schema is None:
+        schema = _INSTANCES.setdefault(schema_class, schema_class())
     if not body:
         raise NoInput()
     nul = rules.nul_fields(body)

@@ -129,7 +129,7 @@ class JobService:
 
     # --- create
     def create(self, body: Any) -> dict[str, Any]:
-        fields = schemas.load_input(schemas.JobInput(), body)
+        fields = schemas.load_input(schemas.JobInput, body)
         errors = _file_name_errors(fields)
         if errors:
             raise ValidationFailed(errors)
@@ -301,7 +301,7 @@ class JobService:
             record = state.lock_record(conn, job_id)
             if record is None:
                 raise NotFound()
-            fields = schemas.load_input(schemas.JobPatch(), body)
+            fields = schemas.load_input(schemas.JobPatch, body)
             if "resultant_image_id" in fields:
                 value = fields["resultant_image_id"]
                 record["resultant_image_id"] = str(value) if value is not None else None

@@ -196,7 +196,7 @@ class PublicKeyService(RecordService):
     kind = KIND_PUBLIC_KEY
 
     def create(self, body: Any) -> dict[str, Any]:
-        fields = schemas.load_input(schemas.PublicKeyInput(), body)
+        fields = schemas.load_input(schemas.PublicKeyInput, body)
         record = self._new_record({"name": fields["name"], "public_key": fields["public_key"]})
         with self.ctx.database.write() as conn:
             self.repo.insert(conn, record)
@@ -207,7 +207,7 @@ class RecipeService(RecordService):
     kind = KIND_RECIPE
 
     def create(self, body: Any) -> dict[str, Any]:
-        fields = schemas.load_input(schemas.RecipeInput(), body)
+        fields = schemas.load_input(schemas.RecipeInput, body)
         record = self._new_record(
             {
                 "name": fields["name"],
@@ -230,7 +230,7 @@ class RecipeService(RecordService):
         return record
 
     def patch(self, record_id: str, body: Any) -> dict[str, Any]:
-        fields = schemas.load_input(schemas.RecipePatch(), body)
+        fields = schemas.load_input(schemas.RecipePatch, body)
         checked = self._check_new_link(record_id, fields.get("link"), lambda link: head_artifact(self.ctx, link))
         with self.ctx.database.write() as conn:
             record = self._require(conn, record_id)
@@ -288,7 +288,7 @@ class ImageService(RecordService):
     kind = KIND_IMAGE
 
     def create(self, body: Any) -> dict[str, Any]:
-        fields = schemas.load_input(schemas.ImageInput(), body)
+        fields = schemas.load_input(schemas.ImageInput, body)
         record = self._new_record(
             {"name": fields["name"], "link": fields["link"], "arch": fields["arch"], "metadata": fields["metadata"]}
         )
@@ -303,7 +303,7 @@ class ImageService(RecordService):
         return record
 
     def patch(self, record_id: str, body: Any) -> dict[str, Any]:
-        fields = schemas.load_input(schemas.ImagePatch(), body)
+        fields = schemas.load_input(schemas.ImagePatch, body)
         checked = self._check_new_link(
             record_id, fields.get("link"), lambda link: validate_image_link(self.ctx, link)
         )

@@ -113,7 +113,7 @@ class RemoteNodeService:
 
     # --- records
     def create(self, body: Any) -> dict[str, Any]:
-        fields = schemas.load_input(schemas.RemoteBuildNodeInput(), body)
+        fields = schemas.load_input(schemas.RemoteBuildNodeInput, body)
         _check_xname(fields["xname"])
         record = {"xname": fields["xname"], "created": format_timestamp(utcnow())}
         with self.ctx.database.write() as conn:

@@ -1,11 +1,8 @@
-"""Engine and transactions. Every request is one transaction; writers on SQLite take the lock up front."""
+"""Engine and transactions. Every request is one transaction; writers on SQLite take the lock up front and share
+commits (ims.store.group_commit)."""
 
 from __future__ import annotations
 
-import fcntl
-import os
-import threading
-import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -17,8 +14,9 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.exc import OperationalError
 
 from ims.domain.errors import Unavailable
+from ims.store.group_commit import WRITE_OPTION, SqliteWriter
 
-_WRITE = "ims_write"
+_WRITE = WRITE_OPTION
 
 
 def _json_text(value: Any) -> str:
@@ -43,17 +41,11 @@ class Database:
             self._install_sqlite_hooks()
         else:
             self.engine = create_engine(url, pool_size=pool_size, max_overflow=20, pool_pre_ping=True, **_JSON_CODEC)
-        # SQLite writers of this process queue here rather than in SQLite's busy handler, which polls with
-        # sleeps of up to 100 ms: under load that idles the database and gives writers second-long tails.
-        self._writer = threading.RLock()
-        self._writer_timeout = 60.0
-        # Writers of other processes on the same file (`ims serve` runs one process per CPU) queue on a lock
-        # file beside the database, held from BEGIN IMMEDIATE to COMMIT, for the same reason.
-        self._writer_file: int | None = None
-        self._writer_depth = 0
-        self._writer_file_path: Path | None = None
-        if self.is_sqlite and parsed.database and parsed.database != ":memory:":
-            self._writer_file_path = Path(f"{parsed.database}.writer-lock")
+        # SQLite only: the queue of this process's writers and their shared commits.
+        self.sqlite_writer: SqliteWriter | None = None
+        if self.is_sqlite:
+            path = parsed.database if parsed.database and parsed.database != ":memory:" else None
+            self.sqlite_writer = SqliteWriter(self.engine, Path(f"{path}.writer-lock") if path else None)
 
     def _install_sqlite_hooks(self) -> None:
         @event.listens_for(self.engine, "connect")
@@ -74,45 +66,17 @@ class Database:
 
     @contextmanager
     def write(self) -> Iterator[Connection]:
-        """A read-write transaction, committed when the block ends without an exception."""
-        if self.is_sqlite and not self._writer.acquire(timeout=self._writer_timeout):
-            raise Unavailable("The database is not available: too many writers are waiting.")
+        """A read-write transaction, committed when the block ends without an exception: when the block is left,
+        its changes are durable. On SQLite the blocks of concurrent writers share one commit (see SqliteWriter)."""
+        if self.sqlite_writer is not None:
+            with self.sqlite_writer.write() as conn:
+                yield conn
+            return
         try:
-            self._lock_writer_file()
-            with self.engine.connect().execution_options(**{_WRITE: True}) as conn, conn.begin():
+            with self.engine.connect() as conn, conn.begin():
                 yield conn
         except OperationalError as exc:
             raise Unavailable(f"The database is not available: {exc.orig}") from exc
-        finally:
-            if self.is_sqlite:
-                self._unlock_writer_file()
-                self._writer.release()
-
-    def _lock_writer_file(self) -> None:
-        """Called with self._writer held. Polls every millisecond (one waiting thread per process) rather than
-        blocking, so a process that hangs with the lock gives the others a 503 after the timeout, as before."""
-        self._writer_depth += 1
-        if self._writer_file_path is None or self._writer_depth > 1:
-            return
-        if self._writer_file is None:
-            self._writer_file = os.open(self._writer_file_path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
-        deadline = time.monotonic() + self._writer_timeout
-        while True:
-            try:
-                fcntl.flock(self._writer_file, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                return
-            except BlockingIOError:
-                if time.monotonic() > deadline:
-                    self._writer_depth -= 1
-                    raise Unavailable("The database is not available: another process holds the write lock.") from None
-                time.sleep(0.001)
-
-    def _unlock_writer_file(self) -> None:
-        if self._writer_depth == 0:
-            return
-        self._writer_depth -= 1
-        if self._writer_depth == 0 and self._writer_file is not None:
-            fcntl.flock(self._writer_file, fcntl.LOCK_UN)
 
     @contextmanager
     def read(self) -> Iterator[Connection]:
@@ -132,6 +96,5 @@ class Database:
 
     def dispose(self) -> None:
         self.engine.dispose()
-        if self._writer_file is not None and self._writer_depth == 0:
-            os.close(self._writer_file)
-            self._writer_file = None
+        if self.sqlite_writer is not None:
+            self.sqlite_writer.close()

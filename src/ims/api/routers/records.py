@@ -155,7 +155,7 @@ def build_deleted(resource: Resource) -> APIRouter:
                   responses=docs.responses(204, errors=(400, 415, 422)))
     async def undelete_all(request: Request) -> Response:
         body = await read_json(request)
-        schemas.load_input(schemas.UndeleteInput(), body)
+        schemas.load_input(schemas.UndeleteInput, body)
         await call(service(request).undelete_all)
         return no_content()
 
@@ -177,7 +177,7 @@ def build_deleted(resource: Resource) -> APIRouter:
         svc = service(request)
         await call(svc.get, record_id, deleted=True)
         body = await read_json(request)
-        schemas.load_input(schemas.UndeleteInput(), body)
+        schemas.load_input(schemas.UndeleteInput, body)
         await call(svc.undelete, record_id)
         return no_content()
 
