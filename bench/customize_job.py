@@ -14,6 +14,7 @@ stopped by PID; the jobs are deleted through the API first.
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import re
 import resource
@@ -200,7 +201,7 @@ def summary() -> str:
     return "\n".join(lines) + "\n\n" + ratios()
 
 
-def ratios() -> str:
+def run_ratios() -> list[dict[str, Any]]:
     """Per run: each job figure against the machine's limits measured in the same run (issue 11 item 5)."""
     runs: list[dict[str, float]] = []
     for label, seconds, _ in results:
@@ -209,30 +210,47 @@ def ratios() -> str:
         if runs:
             runs[-1][label.split(" zstd")[0]] = seconds
     cpus = cpu_count()
+    figures: list[dict[str, Any]] = []
+    for number, run in enumerate(runs, 1):
+        try:
+            package_limit = max(run["raw mksquashfs"], run["raw boto3 upload_file"])
+            figures.append(
+                {
+                    "run": number,
+                    "load": LOADS[number - 1] if number <= len(LOADS) else "",
+                    "waiting": run["job: POST -> waiting_on_user"],
+                    "prepare_limit": run["raw curl of a presigned URL"] + run["raw unsquashfs"],
+                    "prepare_sequence": run["raw curl + unsquashfs, back to back"],
+                    "success": run["job: touch /tmp/complete -> success"],
+                    "package_limit": package_limit,
+                    # Both tools keep the CPUs busy (SeaweedFS hashes and stores every part): overlapped, they
+                    # cannot take less than their CPU seconds spread over every CPU.
+                    "cpu_floor": max(
+                        package_limit, (run["cpu: raw mksquashfs"] + run["cpu: raw boto3 upload_file"]) / cpus
+                    ),
+                }
+            )
+        except KeyError:
+            continue
+    return figures
+
+
+def ratios() -> str:
+    cpus = cpu_count()
     lines = [
         "| run | load | POST→waiting / (curl + unsquashfs) | POST→waiting / (the two back to back) "
         "| complete→success / max(mksquashfs, boto3 upload) "
         f"| CPU floor of packing + upload on {cpus} CPUs | complete→success / CPU floor |",
         "|---|---|---:|---:|---:|---:|---:|",
     ]
-    for number, run in enumerate(runs, 1):
-        try:
-            prepare_limit = run["raw curl of a presigned URL"] + run["raw unsquashfs"]
-            package_limit = max(run["raw mksquashfs"], run["raw boto3 upload_file"])
-            # Both tools keep the CPUs busy (SeaweedFS hashes and stores every part): overlapped, they cannot
-            # take less than their CPU seconds spread over every CPU.
-            floor = max(package_limit, (run["cpu: raw mksquashfs"] + run["cpu: raw boto3 upload_file"]) / cpus)
-            sequence = run["raw curl + unsquashfs, back to back"]
-            waiting = run["job: POST -> waiting_on_user"]
-            done = run["job: touch /tmp/complete -> success"]
-        except KeyError:
-            continue
+    for run in run_ratios():
+        waiting, done = run["waiting"], run["success"]
         lines.append(
-            f"| {number} | {LOADS[number - 1] if number <= len(LOADS) else ''} "
-            f"| {waiting:.2f} / {prepare_limit:.2f} = **{waiting / prepare_limit:.2f}** "
-            f"| {waiting:.2f} / {sequence:.2f} = **{waiting / sequence:.2f}** "
-            f"| {done:.2f} / {package_limit:.2f} = **{done / package_limit:.2f}** "
-            f"| {floor:.2f} s | **{done / floor:.2f}** |"
+            f"| {run['run']} | {run['load']} "
+            f"| {waiting:.2f} / {run['prepare_limit']:.2f} = **{waiting / run['prepare_limit']:.2f}** "
+            f"| {waiting:.2f} / {run['prepare_sequence']:.2f} = **{waiting / run['prepare_sequence']:.2f}** "
+            f"| {done:.2f} / {run['package_limit']:.2f} = **{done / run['package_limit']:.2f}** "
+            f"| {run['cpu_floor']:.2f} s | **{done / run['cpu_floor']:.2f}** |"
         )
     return "\n".join(lines)
 
@@ -245,6 +263,7 @@ def main() -> None:
     parser.add_argument("--size-mb", type=int, default=1024)
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--work", type=Path, default=Path("/var/tmp"), help="parent of the scratch directory")
+    parser.add_argument("--json", type=Path, help="also write each run's figures here (bench/issue11.py reads it)")
     args = parser.parse_args()
     load_before = loadavg()
     print(f"load average before: {load_before}", flush=True)
@@ -290,6 +309,8 @@ def main() -> None:
         f"\n{os.cpu_count()} CPUs; root {du} MB, {files} files; load average before {load_before}, after {loadavg()}\n"
     )
     print(summary())
+    if args.json is not None:
+        args.json.write_text(json.dumps(run_ratios(), indent=2))
 
 
 if __name__ == "__main__":
