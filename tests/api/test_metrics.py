@@ -50,5 +50,9 @@ def test_metrics_move(api: httpx.Client) -> None:
     for name in ("ims_tasks_unfinished", "ims_task_oldest_age_seconds"):
         assert re.search(rf"^{name} \S+$", after, re.MULTILINE), name
     assert 'ims_jobs{status="success"}' in after
+    # The POST was in a commit (the shared server runs on SQLite, whose group commit counts both).
+    commits = sample(after, "ims_db_commits_total") - sample(before, "ims_db_commits_total")
+    writes = sample(after, "ims_db_committed_writes_total") - sample(before, "ims_db_committed_writes_total")
+    assert 1 <= commits <= writes
     # Raw ids never become labels.
     assert "not-there" not in after

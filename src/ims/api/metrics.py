@@ -5,7 +5,9 @@
 - `ims_s3_errors_total{operation,kind}`: failed S3 calls (`unavailable`, `error`, and for request-path calls
   `fast_fail` while S3 is known down and `busy` when the request S3 pool is full);
 - `ims_tasks_unfinished`, `ims_task_oldest_age_seconds`, `ims_tasks{state}`: the S3 task queue;
-- `ims_jobs{status}`: jobs by status.
+- `ims_jobs{status}`: jobs by status;
+- `ims_db_commits_total`, `ims_db_committed_writes_total`: SQLite commits of the server processes and the writes
+  they held (ims.store.group_commit); their ratio is the mean number of requests per durable commit.
 
 Queue and job figures are read from the database at scrape time, so every process reports the same.
 With several server processes (`ims serve --workers N`), the counters and histograms use prometheus-client's
@@ -27,7 +29,7 @@ from fastapi.responses import Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from ims.services.context import ServiceContext
-from ims.services.metrics import on_s3_error, queue_and_job_counts
+from ims.services.metrics import on_database_commit, on_s3_error, queue_and_job_counts
 
 MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
 _METRICS: dict[str, Any] = {}
@@ -58,6 +60,14 @@ def setup() -> dict[str, Any]:
     )
     _METRICS["s3_errors"] = Counter("ims_s3_errors", "Failed S3 calls by operation and kind", ["operation", "kind"])
     on_s3_error(lambda operation, kind: _METRICS["s3_errors"].labels(operation, kind).inc())
+    _METRICS["commits"] = Counter("ims_db_commits", "SQLite write transactions committed (group commits)")
+    _METRICS["committed_writes"] = Counter("ims_db_committed_writes", "Write blocks those commits made durable")
+
+    def count_commit(writes: int) -> None:
+        _METRICS["commits"].inc()
+        _METRICS["committed_writes"].inc(writes)
+
+    on_database_commit(count_commit)
     return _METRICS
 
 

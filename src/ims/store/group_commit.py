@@ -19,7 +19,7 @@ import os
 import sqlite3
 import threading
 import time
-from collections.abc import Generator, Iterator
+from collections.abc import Callable, Generator, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -33,6 +33,9 @@ DATABASE_ERRORS = (OperationalError, sqlite3.OperationalError)
 
 # The execution option that makes the engine's "begin" hook emit BEGIN IMMEDIATE (see ims.store.db).
 WRITE_OPTION = "ims_write"
+
+# Called after each commit with the number of write blocks it made durable (the metrics count them).
+COMMIT_HOOKS: list[Callable[[int], None]] = []
 
 # Bounds how long the first block of a transaction waits for the commit behind a stream of new writers.
 MAX_BLOCKS_PER_COMMIT = 64
@@ -206,6 +209,8 @@ class SqliteWriter:
                 transaction.root.rollback()
             else:
                 transaction.root.commit()
+                for hook in COMMIT_HOOKS:
+                    hook(transaction.blocks)
         except Exception as exc:
             transaction.error = transaction.error or exc
         finally:
