@@ -12,6 +12,7 @@ from ims.api import docs, models
 from ims.api.caching import cached_list, cached_record
 from ims.api.deps import Services, call, services
 from ims.api.http import no_content, ok, read_json
+from ims.api.routers.records import require_record
 from ims.domain.jobs import JOB_STATUSES, JOB_TYPES
 from ims.domain.validation import INT_MAX
 from ims.services.jobs import JobService
@@ -132,7 +133,7 @@ def build(version: str) -> APIRouter:
     )
     async def patch_job(request: Request, job_id: str) -> JSONResponse:
         svc = job_service(request)
-        await call(svc.get, job_id)  # an unknown id is a 404 before the body is looked at
+        await require_record(request, "jobs", svc.get, job_id)
         body = await read_json(request)
         return ok(await call(svc.patch, job_id, body))
 
