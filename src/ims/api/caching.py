@@ -2,7 +2,8 @@
 
 Every record table has a version in the database that a trigger bumps in the same transaction as any change
 the API would show (migration 0004), whoever writes: this process, another worker process, another replica,
-the task or job worker, an import. A GET first reads that version (microseconds on SQLite), then answers from
+the task or job worker, an import. A GET first reads that version (microseconds on SQLite; on PostgreSQL one
+prepared SELECT on the event loop's own connection, see ims.store.versions), then answers from
 this process's cache when an entry of that version exists: the stored bytes, no query of the records, no
 per-record objects. Otherwise one fill reads the records, encodes them exactly as before (orjson, the same
 bytes as ims.api.http.FastJSONResponse) and files them under the version read *before* the records, so an
@@ -32,7 +33,7 @@ from fastapi import FastAPI, Request
 from fastapi.responses import Response
 from starlette.concurrency import run_in_threadpool
 from starlette.middleware import Middleware
-from starlette.types import ASGIApp, Receive, Scope, Send
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from ims.api.deps import Services, services
 from ims.domain.errors import ImsError
@@ -131,11 +132,18 @@ class ResponseCache:
         self._entries: OrderedDict[tuple[str, Hashable], Entry] = OrderedDict()
         self._size = 0
         self._filling: dict[tuple[str, Hashable, int], asyncio.Future[Filled]] = {}
+        self._on_loop = None if reads.fast else reads.versions.on_loop
 
     async def version(self, collection: str) -> int:
+        """Read fresh from the database on every call (Unavailable when it cannot answer)."""
         if self.reads.fast:
             return self.reads.version(collection)
+        if self._on_loop is not None:
+            return await self._on_loop.read(collection)
         return await run_in_threadpool(self.reads.version, collection)
+
+    async def close(self) -> None:
+        await self.reads.versions.aclose()
 
     def _current(self, slot: tuple[str, Hashable], version: int) -> Entry | None:
         entry = self._entries.get(slot)
@@ -269,6 +277,8 @@ class FastReads:
             or scope.get("query_string")
             or any(name == b"authorization" for name, _ in scope["headers"])
         ):
+            if scope["type"] == "lifespan":
+                receive = self._closing_at_shutdown(receive)
             await self.app(scope, receive, send)
             return
         path = scope["path"]
@@ -307,6 +317,19 @@ class FastReads:
             else Response(entry.body, media_type=_JSON, headers={"ETag": entry.etag})
         )
         await response(scope, receive, send)
+
+    def _closing_at_shutdown(self, receive: Receive) -> Receive:
+        """The version reader's connection belongs to this event loop: close it on the loop, at shutdown."""
+
+        async def receiving() -> Message:
+            message = await receive()
+            if message["type"] == "lifespan.shutdown":
+                cache = self.services.extra.get("response_cache")
+                if cache is not None:
+                    await cache.close()
+            return message
+
+        return receiving
 
     def _cache(self) -> ResponseCache:
         cache = self.services.extra.get("response_cache")
