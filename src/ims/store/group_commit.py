@@ -15,6 +15,7 @@ which polls with sleeps of up to 100 ms: under load that idles the database and 
 from __future__ import annotations
 
 import fcntl
+import logging
 import os
 import sqlite3
 import threading
@@ -27,6 +28,8 @@ from sqlalchemy import Connection, Engine, RootTransaction
 from sqlalchemy.exc import OperationalError
 
 from ims.domain.errors import Unavailable
+
+log = logging.getLogger(__name__)
 
 # What the database raises when it cannot go on (disk full, I/O error, locked): through SQLAlchemy or not.
 DATABASE_ERRORS = (OperationalError, sqlite3.OperationalError)
@@ -209,8 +212,6 @@ class SqliteWriter:
                 transaction.root.rollback()
             else:
                 transaction.root.commit()
-                for hook in COMMIT_HOOKS:
-                    hook(transaction.blocks)
         except Exception as exc:
             transaction.error = transaction.error or exc
         finally:
@@ -225,6 +226,12 @@ class SqliteWriter:
                 self._file_lock.release()
                 self._turn.release()
                 transaction.finished.set()
+        if transaction.error is None:
+            for hook in COMMIT_HOOKS:
+                try:
+                    hook(transaction.blocks)
+                except Exception:  # counting must never turn a durable commit into an error
+                    log.exception("a commit hook failed")
 
     def _wait_for_commit(self, transaction: _Transaction) -> None:
         # The writer that took the next turn commits. Should every waiting writer give up meanwhile (each waits
