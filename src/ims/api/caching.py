@@ -132,18 +132,17 @@ class ResponseCache:
         self._entries: OrderedDict[tuple[str, Hashable], Entry] = OrderedDict()
         self._size = 0
         self._filling: dict[tuple[str, Hashable, int], asyncio.Future[Filled]] = {}
-        self._on_loop = None if reads.fast else reads.versions.on_loop
 
     async def version(self, collection: str) -> int:
         """Read fresh from the database on every call (Unavailable when it cannot answer)."""
         if self.reads.fast:
             return self.reads.version(collection)
-        if self._on_loop is not None:
-            return await self._on_loop.read(collection)
+        if self.reads.version_on_loop:
+            return await self.reads.version_async(collection)
         return await run_in_threadpool(self.reads.version, collection)
 
     async def close(self) -> None:
-        await self.reads.versions.aclose()
+        await self.reads.aclose()
 
     def _current(self, slot: tuple[str, Hashable], version: int) -> Entry | None:
         entry = self._entries.get(slot)

@@ -36,6 +36,20 @@ class Reads:
         """The collection's version; ask before reading its records (see ims.store.versions)."""
         return self.versions.read(collection)
 
+    @property
+    def version_on_loop(self) -> bool:
+        """True when version_async() reads on the event loop without a thread (PostgreSQL through libpq)."""
+        return not self.versions.fast and self.versions.on_loop is not None
+
+    async def version_async(self, collection: str) -> int:
+        """version(), asked on the running event loop (only when version_on_loop)."""
+        assert self.versions.on_loop is not None
+        return await self.versions.on_loop.read(collection)
+
+    async def aclose(self) -> None:
+        """Close what the event loop holds open (its PostgreSQL connection)."""
+        await self.versions.aclose()
+
     def record(self, collection: str, record_id: str, *, deleted: bool = False) -> dict[str, Any]:
         """The record as the services' get() returns it; NotFound when there is none."""
         repo = COLLECTIONS[collection]

@@ -16,8 +16,6 @@ from sqlalchemy.exc import OperationalError
 from ims.domain.errors import Unavailable
 from ims.store.group_commit import WRITE_OPTION, SqliteWriter
 
-_WRITE = WRITE_OPTION
-
 
 def _json_text(value: Any) -> str:
     return orjson.dumps(value, option=orjson.OPT_NON_STR_KEYS).decode()
@@ -61,7 +59,7 @@ class Database:
 
         @event.listens_for(self.engine, "begin")
         def _on_begin(conn: Connection) -> None:
-            immediate = conn.get_execution_options().get(_WRITE, False)
+            immediate = conn.get_execution_options().get(WRITE_OPTION, False)
             conn.exec_driver_sql("BEGIN IMMEDIATE" if immediate else "BEGIN")
 
     @contextmanager

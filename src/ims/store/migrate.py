@@ -12,7 +12,8 @@ from alembic import command
 from alembic.config import Config
 from sqlalchemy import text
 
-from ims.store.db import _WRITE, Database
+from ims.store.db import Database
+from ims.store.group_commit import WRITE_OPTION
 
 _MIGRATIONS = Path(__file__).parent / "migrations"
 _LOCK_KEY = 0x494D53  # "IMS"
@@ -46,7 +47,7 @@ def upgrade(database: Database) -> None:
     with _sqlite_migration_lock(database), database.engine.connect() as conn:
         if database.is_sqlite:
             # BEGIN IMMEDIATE: the first process to start migrating holds the write lock until it commits.
-            conn = conn.execution_options(**{_WRITE: True})
+            conn = conn.execution_options(**{WRITE_OPTION: True})
         else:
             conn.execute(text("SELECT pg_advisory_lock(:key)"), {"key": _LOCK_KEY})
             conn.commit()

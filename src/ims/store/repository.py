@@ -35,7 +35,7 @@ class RecordRepository:
         self.extra_columns = [c.name for c in table.columns if c.name not in _COLUMNS]
         self._raw_get_sql: dict[bool, str] | None = None
         self._raw_fetch_sql: dict[bool, str] | None = None
-        self._raw_compiled: dict[tuple[str, tuple[str, ...]], Any] = {}
+        self._raw_compiled: dict[tuple[str, tuple[str, ...]], tuple[Any, dict[str, Any]]] = {}
 
     # --- mapping
     def to_record(self, row: Any) -> dict[str, Any]:
@@ -199,11 +199,16 @@ class RecordRepository:
         """A statement's SQLite text and positional parameters, bound as SQLAlchemy binds them (its DATETIME
         text, the engine's JSON encoder). Compiled once per table, kind of statement and set of columns."""
         key = (statement.__visit_name__, tuple(values))
-        compiled = self._raw_compiled.get(key)
-        if compiled is None:
-            compiled = self._raw_compiled[key] = statement.compile(dialect=conn.dialect, column_keys=list(values))
+        cached = self._raw_compiled.get(key)
+        if cached is None:
+            compiled = statement.compile(dialect=conn.dialect, column_keys=list(values))
+            # Columns the INSERT fills from their scalar Python default (`phase` of jobs).
+            cached = self._raw_compiled[key] = (
+                compiled,
+                {column.key: column.default.arg for column in compiled.insert_prefetch},
+            )
+        compiled, defaults = cached
         processors = compiled._bind_processors
-        defaults = {column.key: column.default.arg for column in compiled.insert_prefetch}  # scalar defaults
         params = []
         for name in compiled.positiontup or ():
             value = values[name] if name in values else defaults[name]
