@@ -17,9 +17,17 @@ from starlette.routing import Match
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from ims import __version__
-from ims.api import auth, caching, docs, metrics
+from ims.api import auth, caching, docs, fast_writes, metrics
 from ims.api.deps import Services
-from ims.api.http import MSG_METHOD, MSG_NOT_FOUND_URL, RawHttpError, problem, problem_from
+from ims.api.http import (
+    MSG_METHOD,
+    MSG_NOT_FOUND_URL,
+    RawHttpError,
+    ims_error_response,
+    problem,
+    raw_error_response,
+    unexpected_error_response,
+)
 from ims.api.routers import health, job_artifacts, records, remote_nodes
 from ims.domain.errors import ImsError
 
@@ -156,6 +164,9 @@ def create_app(services: Services, *, start_workers: Callable[[], Callable[[], N
         redirect_slashes=False,
         lifespan=lifespan,
         generate_unique_id_function=_unique_id,
+        # IMS exports Prometheus metrics of its own; FastAPI's OpenTelemetry hooks would only cost every request
+        # a look at the environment.
+        telemetry={"tracing": False, "metrics": False, "logs": False},
     )
     app.state.services = services
     auth.install(app, services)  # before the routers: every route they add checks its caller first
@@ -183,7 +194,8 @@ def create_app(services: Services, *, start_workers: Callable[[], Callable[[], N
         app.include_router(records.build(resource, spelled_out[1]), prefix=spelled_out[0])
 
     _install_error_handlers(app)
-    caching.install(app, services)  # cached GETs answered before routing (innermost middleware)
+    caching.install(app, services)  # cached GETs answered before routing (innermost middlewares)
+    fast_writes.install(app, services)  # and the record writes of the anonymous administrator
     app.add_middleware(BodySizeLimit, limit=services.ctx.settings.max_body_bytes)
     app.add_middleware(HeadAndOptions, router=app.router)
     app.add_middleware(RefuseNul)
@@ -195,15 +207,11 @@ def create_app(services: Services, *, start_workers: Callable[[], Callable[[], N
 def _install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(ImsError)
     async def _ims_error(_: Request, exc: ImsError) -> JSONResponse:
-        if exc.status >= 500:
-            log.warning("request failed: %s", exc.detail)
-        return problem_from(exc)
+        return ims_error_response(exc)
 
     @app.exception_handler(RawHttpError)
     async def _raw_error(_: Request, exc: RawHttpError) -> JSONResponse:
-        if exc.status == 413:
-            return problem(413, exc.message)
-        return JSONResponse({"message": exc.message}, status_code=exc.status)
+        return raw_error_response(exc)
 
     @app.exception_handler(StarletteHTTPException)
     async def _http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
@@ -226,8 +234,7 @@ def _install_error_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(Exception)
     async def _unexpected(_: Request, exc: Exception) -> JSONResponse:
-        log.exception("unhandled error")
-        return JSONResponse({"message": "Internal Server Error"}, status_code=500)
+        return unexpected_error_response()
 
 
 def _openapi(app: FastAPI) -> dict[str, Any]:

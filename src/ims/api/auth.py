@@ -20,6 +20,7 @@ import logging
 from dataclasses import dataclass
 from typing import Any
 
+import orjson
 from fastapi import Depends, FastAPI, Request
 from fastapi.responses import JSONResponse
 from starlette.concurrency import run_in_threadpool
@@ -327,8 +328,8 @@ async def _no_body() -> Message:
 
 def _created_id(body: bytes) -> str | None:
     try:
-        value = json.loads(body) if body else None
-    except (ValueError, UnicodeDecodeError):
+        value = orjson.loads(body) if body else None  # our own JSON: the fast parser reads it the same
+    except ValueError:
         return None
     if isinstance(value, dict):
         found = value.get("id") or value.get("key")  # a record, or an upload's `<image_id>/<name>`

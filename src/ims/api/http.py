@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 from http import HTTPStatus
 from typing import Any
 
@@ -12,6 +13,8 @@ from fastapi.responses import JSONResponse, Response
 
 from ims.domain.errors import ImsError
 from ims.domain.validation import JSON_MAX_DEPTH, json_too_deep
+
+log = logging.getLogger("ims.api.app")
 
 MSG_NOT_JSON = "Did not attempt to load JSON data because the request Content-Type was not 'application/json'."
 MSG_BAD_JSON = "The browser (or proxy) sent a request that this server could not understand."
@@ -71,6 +74,24 @@ async def read_json(request: Request) -> Any:
         return json.loads(raw)
     except (ValueError, UnicodeDecodeError, RecursionError):
         raise RawHttpError(400, MSG_BAD_JSON) from None
+
+
+def ims_error_response(exc: ImsError) -> JSONResponse:
+    """What a use case's refusal answers, wherever it was raised (a route or a middleware)."""
+    if exc.status >= 500:
+        log.warning("request failed: %s", exc.detail)
+    return problem_from(exc)
+
+
+def raw_error_response(exc: RawHttpError) -> JSONResponse:
+    if exc.status == 413:
+        return problem(413, exc.message)
+    return JSONResponse({"message": exc.message}, status_code=exc.status)
+
+
+def unexpected_error_response() -> JSONResponse:
+    log.exception("unhandled error")
+    return JSONResponse({"message": "Internal Server Error"}, status_code=500)
 
 
 class TooDeep(ImsError):

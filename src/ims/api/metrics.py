@@ -32,6 +32,7 @@ from ims.services.context import ServiceContext
 from ims.services.metrics import on_database_commit, on_s3_error, queue_and_job_counts
 
 MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
+ROUTE_KEY = "ims.route_template"
 _METRICS: dict[str, Any] = {}
 
 
@@ -81,7 +82,11 @@ class RequestMetrics:
         self._templates: list[tuple[re.Pattern[str], str]] | None = None
 
     def _route(self, scope: Scope) -> str:
-        """The documented path template the request matched (cached answers never reach a route)."""
+        """The documented path template the request matched (cached answers never reach a route); a middleware
+        that answers before routing may name it in ROUTE_KEY."""
+        named = scope.get(ROUTE_KEY)
+        if named is not None:
+            return str(named)
         if self._templates is None:
             paths = list(self.api.openapi().get("paths", {})) + ["/metrics"]
             # Literal segments win over parameters (/v3/remote-build-nodes/status before .../{xname}).

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import sqlite3
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 import orjson
@@ -35,7 +35,7 @@ class RecordRepository:
         self.extra_columns = [c.name for c in table.columns if c.name not in _COLUMNS]
         self._raw_get_sql: dict[bool, str] | None = None
         self._raw_fetch_sql: dict[bool, str] | None = None
-        self._raw_compiled: dict[tuple[str, tuple[str, ...]], tuple[Any, dict[str, Any]]] = {}
+        self._raw_compiled: dict[tuple[str, tuple[str, ...]], tuple[Any, str, dict[str, Any]]] = {}
 
     # --- mapping
     def to_record(self, row: Any) -> dict[str, Any]:
@@ -180,7 +180,7 @@ class RecordRepository:
         if raw is None:
             conn.execute(insert(self.table).values(**values))
             return
-        raw.execute(*self._raw_statement(conn, insert(self.table), values))
+        raw.execute(*self._raw_statement(conn, "insert", lambda: insert(self.table), values))
 
     def save(self, conn: Connection, record: dict[str, Any], **extra: Any) -> None:
         """Write back a whole record (its `deleted` member decides whether it is active)."""
@@ -192,29 +192,33 @@ class RecordRepository:
             return
         changes = {name: value for name, value in values.items() if name != "id"}
         changes["record_id"] = record[self.key]
-        statement = update(self.table).where(self.table.c.id == bindparam("record_id"))
-        raw.execute(*self._raw_statement(conn, statement, changes))
+        statement = lambda: update(self.table).where(self.table.c.id == bindparam("record_id"))  # noqa: E731
+        raw.execute(*self._raw_statement(conn, "update", statement, changes))
 
-    def _raw_statement(self, conn: Connection, statement: Any, values: dict[str, Any]) -> tuple[str, list[Any]]:
+    def _raw_statement(
+        self, conn: Connection, kind: str, statement: Callable[[], Any], values: dict[str, Any]
+    ) -> tuple[str, list[Any]]:
         """A statement's SQLite text and positional parameters, bound as SQLAlchemy binds them (its DATETIME
-        text, the engine's JSON encoder). Compiled once per table, kind of statement and set of columns."""
-        key = (statement.__visit_name__, tuple(values))
+        text, the engine's JSON encoder). Built and compiled once per table, kind of statement and set of
+        columns (building the statement object alone costs more than the INSERT)."""
+        key = (kind, tuple(values))
         cached = self._raw_compiled.get(key)
         if cached is None:
-            compiled = statement.compile(dialect=conn.dialect, column_keys=list(values))
+            compiled = statement().compile(dialect=conn.dialect, column_keys=list(values))
             # Columns the INSERT fills from their scalar Python default (`phase` of jobs).
             cached = self._raw_compiled[key] = (
                 compiled,
+                str(compiled),
                 {column.key: column.default.arg for column in compiled.insert_prefetch},
             )
-        compiled, defaults = cached
+        compiled, text, defaults = cached
         processors = compiled._bind_processors
         params = []
         for name in compiled.positiontup or ():
             value = values[name] if name in values else defaults[name]
             process = processors.get(name)
             params.append(process(value) if process is not None and value is not None else value)
-        return str(compiled), params
+        return text, params
 
     def set_columns(self, conn: Connection, record_id: str, **values: Any) -> None:
         conn.execute(update(self.table).where(self.table.c.id == record_id).values(**values))
