@@ -3,6 +3,7 @@ workers (ims.services.startup)."""
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import socket
@@ -66,6 +67,10 @@ def serve(host: str, port: int, workers: int | None = None) -> None:
     workers = workers or default_workers()
     import uvicorn
 
+    from ims.cli.server_processes import BalancedProcesses, free_port_or_exit
+
+    if workers > 1:
+        port = free_port_or_exit(host, port)
     # Job stages call back to this address (ims.jobs.spec.api_url); every server process reads it from here.
     os.environ["IMS_HOST"], os.environ["IMS_PORT"] = host, str(port)
     settings = load_settings_or_exit()
@@ -91,7 +96,7 @@ def serve(host: str, port: int, workers: int | None = None) -> None:
         os.environ["IMS_RUN_WORKERS"] = "false"
         os.environ[SUPERVISOR_ENV] = str(os.getpid())
         try:
-            uvicorn.run(
+            config = uvicorn.Config(
                 "ims.api.server:build_app",
                 factory=True,
                 host=host,
@@ -101,6 +106,8 @@ def serve(host: str, port: int, workers: int | None = None) -> None:
                 access_log=False,
                 **_http_options(settings),
             )
+            with contextlib.suppress(KeyboardInterrupt):
+                BalancedProcesses(config).run()
         finally:
             if stop_wake is not None:
                 stop_wake()
