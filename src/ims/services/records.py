@@ -91,8 +91,9 @@ class RecordService:
     def soft_delete(self, record_id: str) -> None:
         with self.ctx.database.write() as conn:
             record = self._require(conn, record_id)
-            self._soft_delete(conn, record)
-        self.ctx.notify_tasks()
+            queued = self._soft_delete(conn, record)
+        if queued:  # a record without artifacts leaves the workers nothing to do: no need to wake them
+            self.ctx.notify_tasks()
 
     def soft_delete_all(self) -> None:
         with self.ctx.database.write() as conn:
@@ -151,9 +152,11 @@ class RecordService:
         self.ctx.notify_tasks()
 
     # --- hooks for kinds with artifacts
-    def _soft_delete(self, conn: Connection, record: dict[str, Any]) -> None:
+    def _soft_delete(self, conn: Connection, record: dict[str, Any]) -> bool:
+        """Returns whether it queued work for the background workers."""
         record["deleted"] = format_timestamp(utcnow())
         self.repo.save(conn, record)
+        return False
 
     def _hard_delete(self, conn: Connection, record: dict[str, Any], cascade: bool) -> None:
         self.repo.remove(conn, record["id"])
@@ -247,7 +250,7 @@ class RecipeService(RecordService):
             self.repo.save(conn, record)
         return record
 
-    def _soft_delete(self, conn: Connection, record: dict[str, Any]) -> None:
+    def _soft_delete(self, conn: Connection, record: dict[str, Any]) -> bool:
         link = record.get("link")
         if link is not None:
             moved = link_location(link).deleted()
@@ -255,6 +258,7 @@ class RecipeService(RecordService):
             enqueue(conn, "recipe.move", resource_key(self.kind, record["id"]),
                     {"id": record["id"], "source": link["path"], "target": moved.url})
         super()._soft_delete(conn, record)
+        return link is not None
 
     def _undelete_check(self, record: dict[str, Any], facts: dict[str, Any]) -> dict[str, Any]:
         link = record.get("link")
@@ -336,7 +340,7 @@ class ImageService(RecordService):
     def _deleted_manifest_url(self, image_id: str) -> str:
         return f"s3://{self.ctx.settings.s3_boot_images_bucket}/deleted/{image_id}/deleted_manifest.json"
 
-    def _soft_delete(self, conn: Connection, record: dict[str, Any]) -> None:
+    def _soft_delete(self, conn: Connection, record: dict[str, Any]) -> bool:
         link = record.get("link")
         if link is not None:
             deleted_manifest = self._deleted_manifest_url(record["id"])
@@ -346,8 +350,8 @@ class ImageService(RecordService):
                      "deleted": format_timestamp(utcnow())})
             super()._soft_delete(conn, record)
             self.repo.set_columns(conn, record["id"], restore_link=link)
-            return
-        super()._soft_delete(conn, record)
+            return True
+        return super()._soft_delete(conn, record)
 
     def _undelete_facts(self, conn: Connection, record: dict[str, Any]) -> dict[str, Any]:
         return super()._undelete_facts(conn, record) | {"restore": self.repo.restore_link(conn, record["id"])}
