@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import logging
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from typing import Any
@@ -30,8 +29,6 @@ from ims.api.http import (
 )
 from ims.api.routers import health, job_artifacts, records, remote_nodes
 from ims.domain.errors import ImsError
-
-log = logging.getLogger(__name__)
 
 VERSIONS = (("", "v2"), ("/v2", "v2"), ("/v3", "v3"))
 RouterHook = Callable[[FastAPI, str, str], None]
