@@ -64,19 +64,20 @@ def _served_by(port: int, clients: list[httpx.Client]) -> Counter[int]:
     return Counter(int(pid) for pid in re.findall(r"pid=(\d+)", out))
 
 
-def _clients(server: ImsServer) -> list[httpx.Client]:
-    return [httpx.Client(base_url=server.url) for _ in range(CONNECTIONS)]
+def _spread(server: ImsServer, port: int) -> Counter[int]:
+    """Open CONNECTIONS new connections, one request each, and count them by the process holding them."""
+    clients = [httpx.Client(base_url=server.url) for _ in range(CONNECTIONS)]
+    try:
+        return _served_by(port, clients)
+    finally:
+        for client in clients:
+            client.close()
 
 
 def test_connections_are_spread_over_the_processes(two_processes: ImsServer) -> None:
     port = _port(two_processes)
     pids = _wait_for_listeners(port, 2)
-    clients = _clients(two_processes)
-    try:
-        served = _served_by(port, clients)
-    finally:
-        for client in clients:
-            client.close()
+    served = _spread(two_processes, port)
     assert set(served) == set(pids), served
     assert sum(served.values()) == CONNECTIONS
 
@@ -88,12 +89,7 @@ def test_a_restarted_process_takes_connections_and_none_hang(two_processes: ImsS
     pids = _wait_for_listeners(port, 2, exclude={first})
     assert second in pids and first not in pids
     # No connection may land on a socket nobody accepts on (the dead process's): every request is answered.
-    clients = _clients(two_processes)
-    try:
-        served = _served_by(port, clients)
-    finally:
-        for client in clients:
-            client.close()
+    served = _spread(two_processes, port)
     assert set(served) == set(pids), served
 
 

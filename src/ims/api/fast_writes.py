@@ -21,54 +21,30 @@ from starlette.middleware import Middleware
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from ims.api.auth import ANONYMOUS, CALLER_KEY
-from ims.api.deps import Services, call
-from ims.api.http import (
-    RawHttpError,
-    ims_error_response,
-    no_content,
-    ok,
-    raw_error_response,
-    read_json,
-    unexpected_error_response,
-)
+from ims.api.deps import Services
+from ims.api.http import RawHttpError, ims_error_response, raw_error_response, unexpected_error_response
 from ims.api.metrics import ROUTE_KEY
-from ims.api.routers.records import require_record
+from ims.api.routers import records
 from ims.domain.errors import ImsError
 from ims.services.records import RecordService
 
 _PATH = re.compile(r"^(/v2|/v3)?/(images|recipes|public-keys)(?:/([^/]+))?$")
-_SERVICES = {"images": "images", "recipes": "recipes", "public-keys": "public_keys"}
-_PATCHABLE = frozenset({"images", "recipes"})
+_RESOURCES = {resource.path: resource for resource in records.RESOURCES}
 
-Operation = Callable[[Request, RecordService, str, str | None], Awaitable[Response]]
-
-
-async def _create(request: Request, service: RecordService, collection: str, record_id: str | None) -> Response:
-    body = await read_json(request)
-    return ok(await call(service.create, body), 201)  # type: ignore[attr-defined]
+# Given the request and the resource's use cases; the record id, where there is one, is bound already.
+Operation = Callable[[Request, RecordService], Awaitable[Response]]
 
 
-async def _patch(request: Request, service: RecordService, collection: str, record_id: str | None) -> Response:
-    assert record_id is not None
-    await require_record(request, collection, service.get, record_id)
-    body = await read_json(request)
-    return ok(await call(service.patch, record_id, body))  # type: ignore[attr-defined]
-
-
-async def _soft_delete(request: Request, service: RecordService, collection: str, record_id: str | None) -> Response:
-    assert record_id is not None
-    await call(service.soft_delete, record_id)
-    return no_content()
-
-
-def operation(method: str, version: str, resource: str, record_id: str | None) -> Operation | None:
+def operation(method: str, version: str, path: str, record_id: str | None) -> Operation | None:
     """The route's work for this request, or None where the routes must answer (405s and 404s included)."""
+    resource = _RESOURCES[path]
     if record_id is None:
-        return _create if method == "POST" else None
-    if method == "PATCH" and resource in _PATCHABLE:
-        return _patch
+        return records.create_response if method == "POST" else None
+    if method == "PATCH" and resource.patch is not None:
+        return lambda request, service: records.patch_response(request, service, resource.attr, record_id)
     if method == "DELETE" and version == "/v3":
-        return _soft_delete  # a v2 delete takes ?cascade and deletes artifacts: the route's
+        # A v2 delete takes ?cascade and deletes the artifacts: the route's.
+        return lambda request, service: records.soft_delete_response(service, record_id)
     return None
 
 
@@ -102,18 +78,15 @@ class FastWrites:
         if record_id is not None:
             scope["path_params"] = {"record_id": record_id}
             scope[ROUTE_KEY] += "/{record_id}"
-        collection = _SERVICES[resource]
-        service: RecordService = getattr(self.services, collection)
-        response = await _answer(work, Request(scope, receive), service, collection, record_id)
+        service: RecordService = getattr(self.services, _RESOURCES[resource].attr)
+        response = await _answer(work, Request(scope, receive), service)
         await response(scope, receive, send)
 
 
-async def _answer(
-    work: Operation, request: Request, service: RecordService, collection: str, record_id: str | None
-) -> Response:
+async def _answer(work: Operation, request: Request, service: RecordService) -> Response:
     """The route's answer, its errors answered as the app's exception handlers answer them."""
     try:
-        return await work(request, service, collection, record_id)
+        return await work(request, service)
     except ImsError as exc:
         return ims_error_response(exc)
     except RawHttpError as exc:

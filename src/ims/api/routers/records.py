@@ -52,6 +52,23 @@ async def require_record(
         await call(get, record_id)
 
 
+# The work of the write routes, also called before routing by ims.api.fast_writes: one copy of each.
+async def create_response(request: Request, service: RecordService) -> JSONResponse:
+    body = await read_json(request)
+    return ok(await call(service.create, body), 201)  # type: ignore[attr-defined]
+
+
+async def patch_response(request: Request, service: RecordService, collection: str, record_id: str) -> JSONResponse:
+    await require_record(request, collection, service.get, record_id)
+    body = await read_json(request)
+    return ok(await call(service.patch, record_id, body))  # type: ignore[attr-defined]
+
+
+async def soft_delete_response(service: RecordService, record_id: str) -> Response:
+    await call(service.soft_delete, record_id)
+    return no_content()
+
+
 def build(resource: Resource, version: str) -> APIRouter:
     router = APIRouter(tags=[resource.path])
     soft = version == "v3"
@@ -83,8 +100,7 @@ def build(resource: Resource, version: str) -> APIRouter:
         responses=docs.responses(201, resource.record, errors=(400, 413, 415, 422)),
     )
     async def create_record(request: Request) -> JSONResponse:
-        body = await read_json(request)
-        return ok(await call(service(request).create, body), 201)  # type: ignore[attr-defined]
+        return await create_response(request, service(request))
 
     delete_all_doc = "Soft-delete every record (see /v3/deleted)" if soft else "Delete every record"
 
@@ -119,9 +135,8 @@ def build(resource: Resource, version: str) -> APIRouter:
         cascade: str | None = Query(None, description="v2: also delete the S3 artifacts (default true)."),
     ) -> Response:
         if soft:
-            await call(service(request).soft_delete, record_id)
-        else:
-            await call(service(request).hard_delete, record_id, cascade=cascade_flag(cascade))
+            return await soft_delete_response(service(request), record_id)
+        await call(service(request).hard_delete, record_id, cascade=cascade_flag(cascade))
         return no_content()
 
     if resource.patch is not None:
@@ -133,10 +148,7 @@ def build(resource: Resource, version: str) -> APIRouter:
             responses=docs.responses(200, resource.record, errors=(400, 404, 409, 413, 415, 422)),
         )
         async def patch_record(request: Request, record_id: str) -> JSONResponse:
-            svc = service(request)
-            await require_record(request, resource.attr, svc.get, record_id)
-            body = await read_json(request)
-            return ok(await call(svc.patch, record_id, body))  # type: ignore[attr-defined]
+            return await patch_response(request, service(request), resource.attr, record_id)
 
     return router
 
