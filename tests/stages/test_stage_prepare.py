@@ -33,8 +33,48 @@ def test_prepare_downloads_checks_md5_and_unpacks(
     assert not (job_dir / "complete").exists()
     text = log.text()
     assert "job status -> fetching_image" in text
+    assert "(the archive in memory): done in" in text  # a small image never touches the disk
     assert registered_image.rootfs_md5 in text
     assert "X-Amz-Signature" not in text  # the presigned URL is a credential
+    assert _open_memory_files() == []  # freed once unpacked
+
+
+def _open_memory_files() -> list[str]:
+    import os
+
+    targets = []
+    for fd in os.listdir("/proc/self/fd"):
+        try:
+            targets.append(os.readlink(f"/proc/self/fd/{fd}"))
+        except OSError:  # the listing's own descriptor, closed by now
+            continue
+    return [target for target in targets if target.startswith("/memfd:")]
+
+
+def test_an_archive_goes_to_memory_when_it_fits_and_to_disk_when_not(tmp_path: Path) -> None:
+    import subprocess
+
+    from ims.stages.scratch import ArchiveScratch, memory_available
+
+    assert memory_available() > 0
+    on_disk = ArchiveScratch(tmp_path / "big.sqsh")
+    assert on_disk.place(memory_available()) == tmp_path / "big.sqsh"  # more than a quarter: the disk
+    assert (on_disk.in_memory, on_disk.pass_fds) == (False, ())
+    on_disk.path.write_bytes(b"x")
+    on_disk.close()
+    assert not (tmp_path / "big.sqsh").exists()
+
+    in_memory = ArchiveScratch(tmp_path / "small.sqsh")
+    path = in_memory.place(5)
+    assert in_memory.in_memory and str(path).startswith("/proc/self/fd/")
+    path.write_bytes(b"bytes")
+    # A tool reads it by that path when it is given the descriptor, and only then.
+    seen = subprocess.run(["cat", str(path)], pass_fds=in_memory.pass_fds, capture_output=True, check=True)
+    assert seen.stdout == b"bytes"
+    assert subprocess.run(["cat", str(path)], capture_output=True).returncode != 0
+    assert not (tmp_path / "small.sqsh").exists()
+    in_memory.close()
+    assert _open_memory_files() == [] and in_memory.path == tmp_path / "small.sqsh"
 
 
 def test_prepare_refuses_a_wrong_md5(

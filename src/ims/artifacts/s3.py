@@ -290,6 +290,11 @@ class ArtifactStore:
         self.client.delete_object(Bucket=location.bucket, Key=location.key)
         return True
 
+    def discard_image_objects(self, bucket: str, image_id: str) -> None:
+        """Every object under `<image_id>/` (what an unfinished upload of that image left)."""
+        for key in self.list_keys(bucket, f"{image_id}/"):
+            self.delete(S3Location(bucket, key))
+
     def move(self, source: S3Location, target: S3Location) -> str:
         """Copy then delete, safe to repeat after a crash: a finished move is recognised and kept."""
         if self.head(source) is None:

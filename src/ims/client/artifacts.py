@@ -5,9 +5,10 @@ debug kernel) to `<bucket>/<image_id>/<kind>` in parallel, each with `md5sum` an
 metadata; write `<image_id>/manifest.json` (manifest v1.0); PATCH the image's link; PATCH the job's
 `resultant_image_id`. If anything fails before the link is set, the record and the uploaded objects go.
 
-The store is anything with `upload_file` and `put_bytes` (`ArtifactSink`): an `ArtifactStore` with the
-caller's own S3 credentials (ims-python-helper's `image_upload_artifacts` outside a job), or, inside a job,
-`ims.client.job_uploads.JobArtifactSink`, which goes through IMS's presigned URLs with the job's token.
+The store is anything with `upload_file`, `put_bytes` and `discard_image_objects` (`ArtifactSink`): an
+`ArtifactStore` with the caller's own S3 credentials (ims-python-helper's `image_upload_artifacts` outside a
+job), or, inside a job, `ims.client.job_uploads.JobArtifactSink`, which goes through IMS's presigned URLs with
+the job's token. This module imports no S3 library: a job starts faster without boto3, which it never uses.
 """
 
 from __future__ import annotations
@@ -21,7 +22,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
-from ims.artifacts.s3 import ArtifactStore
 from ims.client.http import ImsClient
 from ims.domain.links import S3Location, make_link
 from ims.domain.manifest import (
@@ -90,6 +90,9 @@ class ArtifactSink(Protocol):
         metadata: dict[str, str] | None = None,
     ) -> str: ...
 
+    def discard_image_objects(self, bucket: str, image_id: str) -> None:
+        """Delete what an unfinished upload of image `image_id` left in `bucket`, where this sink can."""
+
 
 def image_metadata(name: str, image_id: str, job_id: str | None) -> dict[str, str]:
     metadata = {"x-shasta-ims-image-name": name, "x-shasta-ims-image-id": image_id}
@@ -146,11 +149,6 @@ def write_manifest(store: ArtifactSink, bucket: str, image_id: str, uploaded: li
     manifest_location = S3Location(bucket, f"{image_id}/{MANIFEST_NAME}")
     etag = store.put_bytes(manifest_location, body, "application/json", {"md5sum": md5})
     return ArtifactSet(manifest, make_link(manifest_location, etag), uploaded)
-
-
-def delete_image_objects(store: ArtifactStore, bucket: str, image_id: str) -> None:
-    for key in store.list_keys(bucket, f"{image_id}/"):
-        store.delete(S3Location(bucket, key))
 
 
 def register_image(
@@ -228,11 +226,10 @@ def _undo(client: ImsClient, store: ArtifactSink, bucket: str, image_id: str) ->
     A job (no S3 credentials) cannot delete objects: its aborted uploads leave nothing, and the objects it
     completed stay under the unlinked image id.
     """
-    if isinstance(store, ArtifactStore):
-        try:
-            delete_image_objects(store, bucket, image_id)
-        except Exception as exc:
-            log.warning("could not delete the objects of image %s: %s", image_id, exc)
+    try:
+        store.discard_image_objects(bucket, image_id)
+    except Exception as exc:
+        log.warning("could not delete the objects of image %s: %s", image_id, exc)
     try:
         client.purge_image(image_id)
     except Exception as exc:

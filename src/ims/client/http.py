@@ -77,8 +77,15 @@ class ImsClient:
         headers = {"Accept": "application/json"}
         if self.token:
             headers["Authorization"] = f"Bearer {self.token}"
-        # A CA bundle path becomes a context: httpx deprecates `verify=<str>`.
-        verify = ssl.create_default_context(cafile=self.verify) if isinstance(self.verify, str) else self.verify
+        verify: bool | ssl.SSLContext
+        if self.base_url.lower().startswith("http://"):
+            # Nothing to verify: every request goes to this plain-HTTP base and redirects are not followed.
+            # Loading a CA bundle would cost every job ~80 ms before its first status report.
+            verify = False
+        elif isinstance(self.verify, str):
+            verify = ssl.create_default_context(cafile=self.verify)  # httpx deprecates `verify=<str>`
+        else:
+            verify = self.verify
         self._http = httpx.Client(
             base_url=self.base_url.rstrip("/"), headers=headers, verify=verify, timeout=self.timeout
         )

@@ -11,8 +11,8 @@ The job holds only its bearer token (IMS_JOB_TOKEN). IMS hands out, for exactly 
 `FileUpload` uploads one file, also while another process is still writing it (mksquashfs): parts go up as
 the file grows, and one sequential pass after the writer finished takes the md5 and checks each part sent
 early against the final bytes, sending again any part that changed (see `FileUpload.finish`).
-`JobArtifactSink` offers the two methods `ims.client.artifacts` uses of an S3 store (upload_file, put_bytes),
-so the ims-python-helper sequence (record, artifacts, manifest, link) runs unchanged inside a job.
+`JobArtifactSink` offers the methods `ims.client.artifacts` uses of an S3 store (upload_file, put_bytes,
+discard_image_objects), so the ims-python-helper sequence (record, artifacts, manifest, link) runs unchanged inside a job.
 """
 
 from __future__ import annotations
@@ -505,6 +505,10 @@ class JobArtifactSink:
                 self.api.abort(upload_id)
             raise
         return str(body.get("etag") or etag).strip('"')
+
+    def discard_image_objects(self, bucket: str, image_id: str) -> None:
+        """Nothing can be done: a job holds no S3 credentials. Its aborted uploads left nothing; the objects it
+        completed stay under the unlinked image id."""
 
 
 def is_md5_etag(etag: str) -> bool:

@@ -38,6 +38,9 @@ STREAMS = 4
 KEEP = 128 * 1024 * 1024  # bytes of blocks held in memory for the in-order md5 at most
 
 Resign = Callable[[], str]
+# Where the bytes go: a path, or a function that is given the object's size once the first answer told it (None
+# when the server did not say) and returns the path (ims.stages.scratch chooses memory or disk by the size).
+Destination = Path | Callable[[int | None], Path]
 
 
 class _Refused(Exception):
@@ -58,14 +61,18 @@ class _Retry(Exception):
 
 
 def fetch_job_artifact(
-    env: JobEnvironment, target: Path, reporter: Reporter, what: str, meanwhile: Callable[[], None] | None = None
+    env: JobEnvironment,
+    target: Destination,
+    reporter: Reporter,
+    what: str,
+    meanwhile: Callable[[], None] | None = None,
 ) -> str:
     """Download the job's DOWNLOAD_URL to `target` and check DOWNLOAD_MD5SUM; returns the md5.
 
     `meanwhile` (prepare's unsquashfs) runs once the last byte is written, while the md5 may still be
     finishing; the md5 is checked before this returns either way, and a mismatch wins over its failure
-    (unsquashfs of a damaged archive fails too, but the mismatch is the reason). The caller removes what
-    `meanwhile` made when this raises.
+    (unsquashfs of a damaged archive fails too, but the mismatch is the reason). The caller removes the
+    download, and what `meanwhile` made when this raises.
     """
     if not env.download_url:
         raise StageError("DOWNLOAD_URL is not set")
@@ -93,7 +100,6 @@ def fetch_job_artifact(
     md5 = result.md5()
     reporter.say(f"md5 of the {what}: {md5} ({result.md5_source}; waited {time.monotonic() - waited:.2f} s for it)")
     if env.download_md5sum and md5 != env.download_md5sum:
-        target.unlink(missing_ok=True)
         raise StageError(f"md5 mismatch for the {what}: expected {env.download_md5sum}, got {md5}")
     if failure is not None:
         raise failure
@@ -323,7 +329,7 @@ def _pread_all(fd: int, length: int, offset: int) -> bytes:
 
 def download(
     url: str,
-    dest: Path,
+    dest: Destination,
     reporter: Reporter,
     *,
     attempts: int = 20,
@@ -339,20 +345,21 @@ def download(
         raise StageError(f"download URL {redact_url(url)} is not http(s)")
     source = _Source(url, verify, resign, reporter)
     budget = _Attempts(source, reporter, max(1, attempts), retry_seconds)
-    fd = os.open(dest, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    # The first block tells the size and ETag, and whether the server takes ranges at all.
+    while True:
+        try:
+            response, _ = source.get(0, block - 1)
+            break
+        except _Refused as exc:
+            raise StageError(f"download of {source.shown} refused: HTTP {exc.status}") from None
+        except _Retry as exc:
+            budget.failed(exc, 0)
+    total = _length(response) if response.status == 200 else _content_range_total(response)
+    path = dest(total) if callable(dest) else dest
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     try:
-        # The first block tells the size and ETag, and whether the server takes ranges at all.
-        while True:
-            try:
-                response, _ = source.get(0, block - 1)
-                break
-            except _Refused as exc:
-                raise StageError(f"download of {source.shown} refused: HTTP {exc.status}") from None
-            except _Retry as exc:
-                budget.failed(exc, 0)
         if response.status == 200:
             return _single_stream(source, budget, response, fd)
-        total = _content_range_total(response)
         etag = (response.getheader("ETag") or "").strip().strip('"')
         if total is None:
             response.close()
@@ -360,7 +367,7 @@ def download(
             raise StageError(f"download of {source.shown}: a ranged answer without a size")
         trusted = bool(expected_md5) and is_md5_etag(etag) and etag.lower() == expected_md5.lower()
         blocks = max(1, -(-total // block))
-        hasher = None if trusted else _InOrderMd5(dest, block, total)
+        hasher = None if trusted else _InOrderMd5(path, block, total)
         fetcher = _Blocks(source, budget, fd, total, block, etag, hasher)
         try:
             fetcher.first(response)

@@ -15,11 +15,17 @@ def cpu_count() -> int:
     return len(os.sched_getaffinity(0)) or 1
 
 
-def run_tool(argv: Sequence[str], reporter: Reporter, *, echo: bool = True) -> str:
+def run_tool(argv: Sequence[str], reporter: Reporter, *, echo: bool = True, pass_fds: Sequence[int] = ()) -> str:
     """Run argv (never through a shell); its output goes to the job log; failure raises StageError."""
     try:
         result = subprocess.run(
-            list(argv), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, errors="replace", check=False
+            list(argv),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+            errors="replace",
+            check=False,
+            pass_fds=pass_fds,
         )
     except FileNotFoundError as exc:
         raise StageError(f"{argv[0]} is not installed") from exc

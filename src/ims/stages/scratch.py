@@ -1,0 +1,87 @@
+"""Where a customize job's downloaded image waits for unsquashfs: in memory when it fits, else on disk.
+
+The archive is read once, by unsquashfs, then dropped. On disk its bytes go to the page cache and from there
+to the disk while unsquashfs writes the image root beside them, so the two compete for the disk: measured on a
+1 GB root, the unpack right after a download took 3.7-6.4 s against 2.1-4.7 s after a `sync`. In an anonymous
+memory file (memfd) nothing of the archive reaches the disk, and the memory is freed when the file is closed.
+
+The memory file is taken only when the archive is at most a quarter of the memory this job can still use
+(MemAvailable, and its cgroup's limit when it has one), so other jobs and unsquashfs's page cache keep room.
+unsquashfs reads it as `/proc/self/fd/<n>`, with the descriptor passed to it (`pass_fds`).
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+SHARE_OF_AVAILABLE_MEMORY = 4  # the archive may take at most 1/4 of what is available
+
+
+class ArchiveScratch:
+    """The place of one downloaded archive; `place` is called once with its size, `close` frees it."""
+
+    def __init__(self, disk_path: Path) -> None:
+        self.disk_path = disk_path
+        self.path = disk_path
+        self._fd: int | None = None
+
+    @property
+    def in_memory(self) -> bool:
+        return self._fd is not None
+
+    @property
+    def pass_fds(self) -> tuple[int, ...]:
+        """The descriptor a tool must inherit to open `path`."""
+        return () if self._fd is None else (self._fd,)
+
+    def place(self, size: int | None) -> Path:
+        """The path to write the archive of `size` bytes to (None: the server did not say, so on disk)."""
+        if self._fd is None and size is not None and size <= memory_available() // SHARE_OF_AVAILABLE_MEMORY:
+            try:
+                self._fd = os.memfd_create(self.disk_path.name, os.MFD_CLOEXEC)
+            except OSError:  # no memfd here (seccomp, an old kernel): the disk always works
+                return self.disk_path
+            self.path = Path(f"/proc/self/fd/{self._fd}")
+        return self.path
+
+    def close(self) -> None:
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = None
+            self.path = self.disk_path
+        self.disk_path.unlink(missing_ok=True)
+
+
+def memory_available() -> int:
+    """Bytes this process can still fill: MemAvailable, bounded by its cgroup v2 limit; 0 when unknown."""
+    available = _meminfo_available()
+    limit = _cgroup_room()
+    return available if limit is None else min(available, limit)
+
+
+def _meminfo_available() -> int:
+    try:
+        with open("/proc/meminfo", encoding="ascii") as meminfo:
+            for line in meminfo:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    return 0
+
+
+def _cgroup_room() -> int | None:
+    """memory.max - memory.current of this process's cgroup (v2); None when it has no limit or none is seen."""
+    try:
+        with open("/proc/self/cgroup", encoding="ascii") as groups:
+            entry = next((line.strip() for line in groups if line.startswith("0::")), "")
+        if not entry:
+            return None
+        group = Path("/sys/fs/cgroup") / entry[3:].lstrip("/")
+        limit = (group / "memory.max").read_text().strip()
+        if limit == "max":
+            return None
+        return max(0, int(limit) - int((group / "memory.current").read_text().strip()))
+    except (OSError, ValueError):
+        return None
