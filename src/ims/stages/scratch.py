@@ -37,7 +37,8 @@ class ArchiveScratch:
 
     def place(self, size: int | None) -> Path:
         """The path to write the archive of `size` bytes to (None: the server did not say, so on disk)."""
-        if self._fd is None and size is not None and size <= memory_available() // SHARE_OF_AVAILABLE_MEMORY:
+        fits = size is not None and size <= memory_available() // SHARE_OF_AVAILABLE_MEMORY
+        if self._fd is None and fits and os.path.isdir("/proc/self/fd"):  # no /proc: no path to give unsquashfs
             try:
                 self._fd = os.memfd_create(self.disk_path.name, os.MFD_CLOEXEC)
             except OSError:  # no memfd here (seccomp, an old kernel): the disk always works
