@@ -10,49 +10,34 @@ from collections.abc import Callable
 from types import FrameType
 
 from ims.client.http import ImsClient
-from ims.stages.customize import make_client
+from ims.stages.customize import make_client, run_customize, user_session_then_package
 from ims.stages.environment import JobEnvironment, JobEnvironmentError, token
+from ims.stages.package import package
+from ims.stages.prepare import prepare
 from ims.stages.reporting import JobStopped, Reporter, run_stage
-
-# The bodies are imported when chosen: a customize job need not import what a create job builds with (kiwi's
-# templating, YAML), and every import is time before the job starts fetching its image.
-StageBody = Callable[[JobEnvironment, Reporter], None]
-
-
-def _prepare(env: JobEnvironment, reporter: Reporter) -> None:
-    from ims.stages.prepare import prepare
-
-    prepare(env, reporter)
 
 
 def _sshenv(env: JobEnvironment, reporter: Reporter) -> None:
-    from ims.stages.customize import user_session_then_package
-
     user_session_then_package(env, reporter, reporter.client)
 
 
 def _package(env: JobEnvironment, reporter: Reporter) -> None:
-    from ims.stages.package import package
-
     package(env, reporter, reporter.client)
 
 
-def _customize(env: JobEnvironment) -> int:
-    from ims.stages.customize import run_customize
-
-    return run_customize(env)
-
-
 def _create(env: JobEnvironment) -> int:
+    # Imported when chosen: a customize job need not load what a create job builds with (kiwi's templating,
+    # YAML), and every import is time before the job starts fetching its image.
     from ims.stages.create import run_create
 
     return run_create(env)
 
 
 # name -> what runs with (environment, reporter); other job types add their stages here.
-STAGES: dict[str, StageBody] = {"prepare": _prepare, "sshenv": _sshenv, "package": _package}
+StageBody = Callable[[JobEnvironment, Reporter], None]
+STAGES: dict[str, StageBody] = {"prepare": prepare, "sshenv": _sshenv, "package": _package}
 # Whole jobs (what the runner starts): every stage of the job type in order, in one process.
-JOBS: dict[str, Callable[[JobEnvironment], int]] = {"customize": _customize, "create": _create}
+JOBS: dict[str, Callable[[JobEnvironment], int]] = {"customize": run_customize, "create": _create}
 
 
 def _stop_on_sigterm() -> None:

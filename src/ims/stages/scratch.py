@@ -12,6 +12,7 @@ unsquashfs reads it as `/proc/self/fd/<n>`, with the descriptor passed to it (`p
 
 from __future__ import annotations
 
+import contextlib
 import os
 from pathlib import Path
 
@@ -23,12 +24,15 @@ class ArchiveScratch:
 
     def __init__(self, disk_path: Path) -> None:
         self.disk_path = disk_path
-        self.path = disk_path
         self._fd: int | None = None
 
     @property
     def in_memory(self) -> bool:
         return self._fd is not None
+
+    @property
+    def path(self) -> Path:
+        return self.disk_path if self._fd is None else Path(f"/proc/self/fd/{self._fd}")
 
     @property
     def pass_fds(self) -> tuple[int, ...]:
@@ -39,18 +43,14 @@ class ArchiveScratch:
         """The path to write the archive of `size` bytes to (None: the server did not say, so on disk)."""
         fits = size is not None and size <= memory_available() // SHARE_OF_AVAILABLE_MEMORY
         if self._fd is None and fits and os.path.isdir("/proc/self/fd"):  # no /proc: no path to give unsquashfs
-            try:
+            with contextlib.suppress(OSError):  # no memfd here (seccomp, an old kernel): the disk always works
                 self._fd = os.memfd_create(self.disk_path.name, os.MFD_CLOEXEC)
-            except OSError:  # no memfd here (seccomp, an old kernel): the disk always works
-                return self.disk_path
-            self.path = Path(f"/proc/self/fd/{self._fd}")
         return self.path
 
     def close(self) -> None:
         if self._fd is not None:
             os.close(self._fd)
             self._fd = None
-            self.path = self.disk_path
         self.disk_path.unlink(missing_ok=True)
 
 
