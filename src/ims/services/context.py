@@ -52,6 +52,10 @@ class ServiceContext:
         self.request_artifacts = request_store(self.settings, self.artifacts)
 
     def notify_tasks(self) -> None:
+        """Wake the task workers, once the transaction that queued the tasks is durable."""
+        self.database.after_commit(self._wake_task_workers)
+
+    def _wake_task_workers(self) -> None:
         for callback in self.on_task_queued:
             callback()
 

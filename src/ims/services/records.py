@@ -68,6 +68,35 @@ class RecordService:
         self.ctx = ctx
         self.repo = _REPOS[self.kind]
 
+    # --- creates and changes: each is its body's validation (no I/O) and then its S3 checks and transaction
+    def create(self, body: Any) -> dict[str, Any]:
+        return self.create_prepared(self.prepare_create(body))
+
+    def prepare_create(self, body: Any) -> dict[str, Any]:
+        """The record a create would store, from its body (400/422 when the body is wrong); no I/O."""
+        raise NotImplementedError
+
+    def create_prepared(self, record: dict[str, Any]) -> dict[str, Any]:
+        """Store a record from prepare_create; one with a link is checked against S3 first."""
+        with self.ctx.database.write() as conn:
+            self.repo.insert(conn, record)
+        return record
+
+    def patch(self, record_id: str, body: Any) -> dict[str, Any]:
+        return self.patch_prepared(record_id, self.prepare_patch(body))
+
+    def prepare_patch(self, body: Any) -> dict[str, Any]:
+        """The validated fields of a change (400/422 when the body is wrong); no I/O."""
+        raise NotImplementedError
+
+    def patch_prepared(self, record_id: str, fields: dict[str, Any]) -> dict[str, Any]:
+        raise NotImplementedError
+
+    @staticmethod
+    def needs_s3(prepared: dict[str, Any]) -> bool:
+        """Whether storing a prepared record or change checks a link against S3 (a slow, blocking call)."""
+        return prepared.get("link") is not None
+
     # --- reads
     def list(self, *, deleted: bool = False, limit: int | None = None, offset: int = 0) -> list[dict[str, Any]]:
         with self.ctx.database.read() as conn:
@@ -198,20 +227,17 @@ class RecordService:
 class PublicKeyService(RecordService):
     kind = KIND_PUBLIC_KEY
 
-    def create(self, body: Any) -> dict[str, Any]:
+    def prepare_create(self, body: Any) -> dict[str, Any]:
         fields = schemas.load_input(schemas.PublicKeyInput, body)
-        record = self._new_record({"name": fields["name"], "public_key": fields["public_key"]})
-        with self.ctx.database.write() as conn:
-            self.repo.insert(conn, record)
-        return record
+        return self._new_record({"name": fields["name"], "public_key": fields["public_key"]})
 
 
 class RecipeService(RecordService):
     kind = KIND_RECIPE
 
-    def create(self, body: Any) -> dict[str, Any]:
+    def prepare_create(self, body: Any) -> dict[str, Any]:
         fields = schemas.load_input(schemas.RecipeInput, body)
-        record = self._new_record(
+        return self._new_record(
             {
                 "name": fields["name"],
                 "link": fields["link"],
@@ -222,6 +248,8 @@ class RecipeService(RecordService):
                 "arch": fields["arch"],
             }
         )
+
+    def create_prepared(self, record: dict[str, Any]) -> dict[str, Any]:
         if record["link"] is not None:
             with self.ctx.database.read() as conn:
                 check_link_unique(conn, self.repo, "recipe", record["link"], None)
@@ -232,8 +260,11 @@ class RecipeService(RecordService):
             self.repo.insert(conn, record)
         return record
 
-    def patch(self, record_id: str, body: Any) -> dict[str, Any]:
-        fields = schemas.load_input(schemas.RecipePatch, body)
+    def prepare_patch(self, body: Any) -> dict[str, Any]:
+        return schemas.load_input(schemas.RecipePatch, body)
+
+    def patch_prepared(self, record_id: str, fields: dict[str, Any]) -> dict[str, Any]:
+        fields = dict(fields)
         checked = self._check_new_link(record_id, fields.get("link"), lambda link: head_artifact(self.ctx, link))
         with self.ctx.database.write() as conn:
             record = self._require(conn, record_id)
@@ -291,11 +322,13 @@ class RecipeService(RecordService):
 class ImageService(RecordService):
     kind = KIND_IMAGE
 
-    def create(self, body: Any) -> dict[str, Any]:
+    def prepare_create(self, body: Any) -> dict[str, Any]:
         fields = schemas.load_input(schemas.ImageInput, body)
-        record = self._new_record(
+        return self._new_record(
             {"name": fields["name"], "link": fields["link"], "arch": fields["arch"], "metadata": fields["metadata"]}
         )
+
+    def create_prepared(self, record: dict[str, Any]) -> dict[str, Any]:
         if record["link"] is not None:
             with self.ctx.database.read() as conn:
                 check_link_unique(conn, self.repo, "image", record["link"], None)
@@ -306,8 +339,10 @@ class ImageService(RecordService):
             self.repo.insert(conn, record)
         return record
 
-    def patch(self, record_id: str, body: Any) -> dict[str, Any]:
-        fields = schemas.load_input(schemas.ImagePatch, body)
+    def prepare_patch(self, body: Any) -> dict[str, Any]:
+        return schemas.load_input(schemas.ImagePatch, body)
+
+    def patch_prepared(self, record_id: str, fields: dict[str, Any]) -> dict[str, Any]:
         checked = self._check_new_link(
             record_id, fields.get("link"), lambda link: validate_image_link(self.ctx, link)
         )

@@ -3,7 +3,7 @@ commits (ims.store.group_commit)."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -75,6 +75,13 @@ class Database:
                 yield conn
         except OperationalError as exc:
             raise Unavailable(f"The database is not available: {exc.orig}") from exc
+
+    def after_commit(self, callback: Callable[[], None]) -> None:
+        """Call `callback` once what this thread's open write block wrote is durable; at once when it is in no
+        write block (a use case tells others of its change after its transaction; run inside a batch of
+        writes that share one transaction, see ims.api.deps.call_batched, it must wait for that commit)."""
+        if self.sqlite_writer is None or not self.sqlite_writer.after_commit(callback):
+            callback()
 
     @contextmanager
     def read(self) -> Iterator[Connection]:

@@ -23,6 +23,7 @@ import time
 from collections.abc import Callable, Generator, Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import TypeVar
 
 from sqlalchemy import Connection, Engine, RootTransaction
 from sqlalchemy.exc import OperationalError
@@ -30,6 +31,8 @@ from sqlalchemy.exc import OperationalError
 from ims.domain.errors import Unavailable
 
 log = logging.getLogger(__name__)
+
+T = TypeVar("T")
 
 # What the database raises when it cannot go on (disk full, I/O error, locked): through SQLAlchemy or not.
 DATABASE_ERRORS = (OperationalError, sqlite3.OperationalError)
@@ -50,42 +53,81 @@ def _unavailable(exc: BaseException) -> Unavailable:
 
 
 class ProcessWriteLock:
-    """An exclusive lock file shared by every process writing one SQLite file.
+    """An exclusive lock file shared by every process writing one SQLite file, handed over fairly.
 
-    Taken by polling (one waiting thread per process; 50 µs at first, then up to every millisecond) rather than
-    blocking, so a process that hangs while holding it gives the others a 503 after the timeout instead of
-    hanging them too."""
+    Taken by polling (one waiting thread per process; 20 µs at first, then every 100 µs) rather than blocking,
+    so a process that hangs while holding it gives the others a 503 after the timeout instead of hanging them
+    too. A waiting process also holds a shared lock on a second file while it polls. A process that releases
+    the lock while another waits lets that one take it first (up to `HANDOVER`): without that, a process with a
+    steady stream of writes takes the lock back a few µs after releasing it, and the other one's writers wait
+    for hundreds of milliseconds."""
+
+    HANDOVER = 0.0003  # a waiter polls at least every 100 µs, but needs its process's GIL to take the lock
 
     def __init__(self, path: Path | None, timeout: float) -> None:
         self.path = path
         self.timeout = timeout
         self._fd: int | None = None
+        self._waiting_fd: int | None = None
+        self._defer_until = 0.0  # after handing over: when this process may try to take the lock again
 
     def acquire(self) -> None:
         if self.path is None:
             return
         if self._fd is None:
             self._fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
-        deadline = time.monotonic() + self.timeout
-        pause = 0.00005  # another process's transaction often ends within a fraction of a millisecond
-        while True:
-            try:
-                fcntl.flock(self._fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                return
-            except BlockingIOError:
+            self._waiting_fd = os.open(f"{self.path}.waiting", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        assert self._waiting_fd is not None
+        defer = self._defer_until - time.monotonic()
+        if defer > 0:
+            time.sleep(defer)
+        if self._try():
+            return
+        fcntl.flock(self._waiting_fd, fcntl.LOCK_SH)  # never held exclusively but for an instant (release)
+        try:
+            deadline = time.monotonic() + self.timeout
+            pause = 0.00002  # another process's transaction often ends within a fraction of a millisecond
+            while not self._try():
                 if time.monotonic() > deadline:
-                    raise Unavailable("The database is not available: another process holds the write lock.") from None
+                    raise Unavailable("The database is not available: another process holds the write lock.")
                 time.sleep(pause)
-                pause = min(pause * 2, 0.001)
+                pause = min(pause * 2, 0.0001)
+        finally:
+            fcntl.flock(self._waiting_fd, fcntl.LOCK_UN)
+
+    def try_acquire(self) -> bool:
+        """Take the lock if it is free and no other process has its turn first; never waits."""
+        if self.path is None:
+            return True
+        if self._fd is None or time.monotonic() < self._defer_until:
+            return False
+        return self._try()
+
+    def _try(self) -> bool:
+        assert self._fd is not None
+        try:
+            fcntl.flock(self._fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            return True
+        except BlockingIOError:
+            return False
 
     def release(self) -> None:
-        if self._fd is not None:
-            fcntl.flock(self._fd, fcntl.LOCK_UN)
+        if self._fd is None or self._waiting_fd is None:
+            return
+        fcntl.flock(self._fd, fcntl.LOCK_UN)
+        try:
+            fcntl.flock(self._waiting_fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:  # another process waits for the lock: its turn first
+            self._defer_until = time.monotonic() + self.HANDOVER
+        else:
+            fcntl.flock(self._waiting_fd, fcntl.LOCK_UN)
+            self._defer_until = 0.0
 
     def close(self) -> None:
-        if self._fd is not None:
-            os.close(self._fd)
-            self._fd = None
+        for fd in (self._fd, self._waiting_fd):
+            if fd is not None:
+                os.close(fd)
+        self._fd = self._waiting_fd = None
 
 
 class _Transaction:
@@ -98,6 +140,7 @@ class _Transaction:
         self.broken: BaseException | None = None  # the connection failed; the transaction can only roll back
         self.error: BaseException | None = None  # why the commit failed, for every block in it
         self.finished = threading.Event()
+        self.after_commit: list[Callable[[], None]] = []
 
 
 class SqliteWriter:
@@ -116,8 +159,8 @@ class SqliteWriter:
         current: _Transaction | None = getattr(self._local, "transaction", None)
         if current is not None:
             # A write block inside one of this thread's write blocks: a savepoint of the same transaction.
-            with current.conn.begin_nested():
-                yield current.conn
+            if (yield from self._run_block(current)):
+                current.blocks += 1
             return
         self._take_turn()
         try:
@@ -140,6 +183,57 @@ class SqliteWriter:
         if succeeded:
             self._wait_for_commit(transaction)
 
+    def after_commit(self, callback: Callable[[], None]) -> bool:
+        """Run `callback` once the transaction this thread writes in is durable (not at all if it fails).
+        Returns False when this thread is in no write block: then nothing is pending and the caller acts now."""
+        current: _Transaction | None = getattr(self._local, "transaction", None)
+        if current is None:
+            return False
+        current.after_commit.append(callback)
+        return True
+
+    # --- for ims.store.loop_writes: a transaction opened, written in and committed by an event loop's calls
+    def try_open(self) -> _Transaction | None:
+        """This process's turn and the open transaction, when both can be had at once; None otherwise."""
+        if not self._turn.acquire(blocking=False):
+            return None
+        if self._open is not None:
+            return self._open  # a writer passed it on: this caller commits it
+        if not self._file_lock.try_acquire():
+            self._turn.release()
+            return None
+        try:
+            return self._begin(locked=True)
+        except BaseException:
+            self._turn.release()
+            raise
+
+    def open(self) -> _Transaction:
+        """This process's turn and the open transaction, waiting for them (at most the timeout)."""
+        self._take_turn()
+        try:
+            return self._open or self._begin()
+        except BaseException:
+            self._turn.release()
+            raise
+
+    def run_in(self, transaction: _Transaction, call: Callable[[], T]) -> T:
+        """Run `call` on this thread as one block of `transaction` (a savepoint: a call that raises undoes only
+        its own changes); its Database.write blocks join the transaction."""
+        self._local.transaction = transaction
+        try:
+            with self.write():
+                return call()
+        finally:
+            self._local.transaction = None
+
+    def commit(self, transaction: _Transaction) -> None:
+        """Commit (or roll back, when broken) a transaction from try_open or open, and give up the turn; raises
+        Unavailable when its changes are not durable."""
+        self._finish(transaction)
+        if transaction.error is not None:
+            raise _unavailable(transaction.error) from transaction.error
+
     @property
     def waiting(self) -> int:
         """How many writers of this process wait for their turn."""
@@ -156,9 +250,10 @@ class SqliteWriter:
         if not acquired:
             raise Unavailable("The database is not available: too many writers are waiting.")
 
-    def _begin(self) -> _Transaction:
-        """Called holding the turn, with no transaction open."""
-        self._file_lock.acquire()
+    def _begin(self, *, locked: bool = False) -> _Transaction:
+        """Called holding the turn, with no transaction open (and, when `locked`, the process lock)."""
+        if not locked:
+            self._file_lock.acquire()
         try:
             conn = self._engine.connect().execution_options(**{WRITE_OPTION: True})
             try:
@@ -232,6 +327,11 @@ class SqliteWriter:
                     hook(transaction.blocks)
                 except Exception:  # counting must never turn a durable commit into an error
                     log.exception("a commit hook failed")
+            for callback in transaction.after_commit:
+                try:
+                    callback()
+                except Exception:
+                    log.exception("an after-commit callback failed")
 
     def _wait_for_commit(self, transaction: _Transaction) -> None:
         # The writer that took the next turn commits. Should every waiting writer give up meanwhile (each waits

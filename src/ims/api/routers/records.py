@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -12,7 +13,7 @@ from pydantic import BaseModel
 
 from ims.api import docs, models
 from ims.api.caching import cached_list, cached_record, response_cache
-from ims.api.deps import call, services
+from ims.api.deps import call, call_batched, services
 from ims.api.http import cascade_flag, no_content, ok, read_json
 from ims.domain import schemas
 from ims.domain.validation import INT_MAX
@@ -53,19 +54,24 @@ async def require_record(
 
 
 # The work of the write routes, also called before routing by ims.api.fast_writes: one copy of each.
+# The body is validated on the event loop (CPU only, bounded by the body size limit). A write with no link to
+# check against S3 then joins the process's current batch of writes (call_batched: on SQLite, run by the loop
+# in one transaction with the others); one with a link goes to the thread pool, as its S3 check blocks.
 async def create_response(request: Request, service: RecordService) -> JSONResponse:
-    body = await read_json(request)
-    return ok(await call(service.create, body), 201)  # type: ignore[attr-defined]
+    record = service.prepare_create(await read_json(request))
+    run = call if service.needs_s3(record) else functools.partial(call_batched, service.ctx.database)
+    return ok(await run(service.create_prepared, record), 201)
 
 
 async def patch_response(request: Request, service: RecordService, collection: str, record_id: str) -> JSONResponse:
     await require_record(request, collection, service.get, record_id)
-    body = await read_json(request)
-    return ok(await call(service.patch, record_id, body))  # type: ignore[attr-defined]
+    fields = service.prepare_patch(await read_json(request))
+    run = call if service.needs_s3(fields) else functools.partial(call_batched, service.ctx.database)
+    return ok(await run(service.patch_prepared, record_id, fields))
 
 
 async def soft_delete_response(service: RecordService, record_id: str) -> Response:
-    await call(service.soft_delete, record_id)
+    await call_batched(service.ctx.database, service.soft_delete, record_id)
     return no_content()
 
 
