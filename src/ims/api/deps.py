@@ -17,8 +17,6 @@ from fastapi import Request
 from ims.services.context import ServiceContext
 from ims.services.records import ImageService, PublicKeyService, RecipeService
 from ims.services.remote_nodes import RemoteNodeService
-from ims.store.db import Database
-from ims.store.loop_writes import write_on_loop
 
 T = TypeVar("T")
 
@@ -96,10 +94,10 @@ def _settle(future: asyncio.Future[Any], result: Any, error: BaseException | Non
         future.set_result(result)
 
 
-async def call_batched(database: Database, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+async def call_batched(ctx: ServiceContext, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
     """Run a short use case that writes and waits for nothing but the database (no S3 call) with the writes
     of other requests in one transaction and one commit: on SQLite, on the event loop itself (see
     ims.store.loop_writes); elsewhere in the thread pool, as `call`. Answered once its commit is durable."""
-    if database.sqlite_writer is None:
+    if not ctx.writes_on_loop:
         return await call(fn, *args, **kwargs)
-    return await write_on_loop(database.sqlite_writer, fn, *args, **kwargs)
+    return await ctx.write_on_loop(fn, *args, **kwargs)

@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
-from typing import Any
+from typing import Any, TypeVar
 
 from ims.artifacts.s3 import ArtifactStore, GuardedStore, S3Config
 from ims.settings import Settings
+from ims.store import loop_writes
 from ims.store.db import Database
 from ims.tasks.queue import TaskQueue
+
+T = TypeVar("T")
 
 
 def s3_config_from(settings: Settings) -> S3Config:
@@ -54,6 +58,19 @@ class ServiceContext:
     def notify_tasks(self) -> None:
         """Wake the task workers, once the transaction that queued the tasks is durable."""
         self.database.after_commit(self._wake_task_workers)
+
+    @property
+    def writes_on_loop(self) -> bool:
+        """Whether short writes may run on the event loop (see write_on_loop): on SQLite."""
+        return self.database.sqlite_writer is not None
+
+    async def write_on_loop(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+        """Run `fn`, a use case whose only waits are the database's, on the running event loop in the loop's
+        current batch of writes (ims.store.loop_writes); its result once the batch's commit is durable."""
+        writer = self.database.sqlite_writer
+        if writer is None:
+            raise RuntimeError("writes run on the event loop only on SQLite")
+        return await loop_writes.write_on_loop(writer, fn, *args, **kwargs)
 
     def _wake_task_workers(self) -> None:
         for callback in self.on_task_queued:

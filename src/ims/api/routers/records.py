@@ -59,19 +59,19 @@ async def require_record(
 # in one transaction with the others); one with a link goes to the thread pool, as its S3 check blocks.
 async def create_response(request: Request, service: RecordService) -> JSONResponse:
     record = service.prepare_create(await read_json(request))
-    run = call if service.needs_s3(record) else functools.partial(call_batched, service.ctx.database)
+    run = call if service.needs_s3(record) else functools.partial(call_batched, service.ctx)
     return ok(await run(service.create_prepared, record), 201)
 
 
 async def patch_response(request: Request, service: RecordService, collection: str, record_id: str) -> JSONResponse:
     await require_record(request, collection, service.get, record_id)
     fields = service.prepare_patch(await read_json(request))
-    run = call if service.needs_s3(fields) else functools.partial(call_batched, service.ctx.database)
+    run = call if service.needs_s3(fields) else functools.partial(call_batched, service.ctx)
     return ok(await run(service.patch_prepared, record_id, fields))
 
 
 async def soft_delete_response(service: RecordService, record_id: str) -> Response:
-    await call_batched(service.ctx.database, service.soft_delete, record_id)
+    await call_batched(service.ctx, service.soft_delete, record_id)
     return no_content()
 
 
