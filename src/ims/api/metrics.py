@@ -80,6 +80,8 @@ class RequestMetrics:
         self.api = api
         self.metrics = setup()
         self._templates: list[tuple[re.Pattern[str], str]] | None = None
+        # The labelled children, looked up once: `labels()` takes a lock and builds a key on every call.
+        self._children: dict[tuple[str, str, int], tuple[Any, Any]] = {}
 
     def _route(self, scope: Scope) -> str:
         """The documented path template the request matched (cached answers never reach a route); a middleware
@@ -119,8 +121,14 @@ class RequestMetrics:
         finally:
             route = self._route(scope)
             method = scope.get("method", "GET")
-            self.metrics["requests"].labels(method, route, str(status)).inc()
-            self.metrics["latency"].labels(method, route).observe(time.perf_counter() - start)
+            children = self._children.get((method, route, status))
+            if children is None:
+                children = self._children[(method, route, status)] = (
+                    self.metrics["requests"].labels(method, route, str(status)),
+                    self.metrics["latency"].labels(method, route),
+                )
+            children[0].inc()
+            children[1].observe(time.perf_counter() - start)
 
 
 def _database_families(ctx: ServiceContext) -> list[Any]:
