@@ -14,8 +14,9 @@ from pydantic import BaseModel
 from ims.api import docs, models
 from ims.api.caching import cached_list, cached_record, response_cache
 from ims.api.deps import call, call_batched, services
-from ims.api.http import cascade_flag, no_content, ok, read_json
+from ims.api.http import RawHttpError, cascade_flag, no_content, ok, read_json
 from ims.domain import schemas
+from ims.domain.errors import ImsError
 from ims.domain.validation import INT_MAX
 from ims.services.records import RecordService
 
@@ -64,8 +65,13 @@ async def create_response(request: Request, service: RecordService) -> JSONRespo
 
 
 async def patch_response(request: Request, service: RecordService, collection: str, record_id: str) -> JSONResponse:
-    await require_record(request, collection, service.get, record_id)
-    fields = service.prepare_patch(await read_json(request))
+    try:
+        fields = service.prepare_patch(await read_json(request))
+    except (ImsError, RawHttpError):
+        # A missing record answers 404 whatever its body, as the original's; a sound body finds it missing in
+        # the write itself, without a read before.
+        await require_record(request, collection, service.get, record_id)
+        raise
     run = call if service.needs_s3(fields) else functools.partial(call_batched, service.ctx)
     return ok(await run(service.patch_prepared, record_id, fields))
 
