@@ -74,16 +74,13 @@ class ProcessWriteLock:
     def acquire(self) -> None:
         if self.path is None:
             return
-        if self._fd is None:
-            self._fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
-            self._waiting_fd = os.open(f"{self.path}.waiting", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
-        assert self._waiting_fd is not None
+        waiting_fd = self._open_files()
         defer = self._defer_until - time.monotonic()
         if defer > 0:
             time.sleep(defer)
         if self._try():
             return
-        fcntl.flock(self._waiting_fd, fcntl.LOCK_SH)  # never held exclusively but for an instant (release)
+        fcntl.flock(waiting_fd, fcntl.LOCK_SH)  # never held exclusively but for an instant (release)
         try:
             deadline = time.monotonic() + self.timeout
             pause = 0.00002  # another process's transaction often ends within a fraction of a millisecond
@@ -93,15 +90,25 @@ class ProcessWriteLock:
                 time.sleep(pause)
                 pause = min(pause * 2, 0.0001)
         finally:
-            fcntl.flock(self._waiting_fd, fcntl.LOCK_UN)
+            fcntl.flock(waiting_fd, fcntl.LOCK_UN)
 
     def try_acquire(self) -> bool:
         """Take the lock if it is free and no other process has its turn first; never waits."""
         if self.path is None:
             return True
-        if self._fd is None or time.monotonic() < self._defer_until:
+        self._open_files()
+        if time.monotonic() < self._defer_until:
             return False
         return self._try()
+
+    def _open_files(self) -> int:
+        """Opens the two lock files on first use; returns the waiting one's descriptor."""
+        assert self.path is not None
+        if self._fd is None:
+            self._fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        if self._waiting_fd is None:
+            self._waiting_fd = os.open(f"{self.path}.waiting", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        return self._waiting_fd
 
     def _try(self) -> bool:
         assert self._fd is not None
