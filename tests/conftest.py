@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import subprocess
 import tempfile
 import uuid
 from collections.abc import Iterator
@@ -22,6 +23,11 @@ def work_root() -> Iterator[Path]:
     # Not under /tmp's sticky 1777 tree where it matters (sshd ChrootDirectory); tests may make subdirs.
     root = Path(tempfile.mkdtemp(prefix="ims-tests-", dir=os.environ.get("IMS_TEST_ROOT") or None))
     yield root
+    # A whole run leaves gigabytes here (S3 volumes, images, job roots); runs that kept them filled the disk
+    # until S3 failed. `--one-file-system`: whatever a test left mounted under it is not walked into.
+    # IMS_TEST_KEEP=1 keeps the tree for a look after a failure.
+    if not os.environ.get("IMS_TEST_KEEP"):
+        subprocess.run(["rm", "-rf", "--one-file-system", str(root)], check=False)
 
 
 @pytest.fixture(scope="session")
