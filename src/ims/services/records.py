@@ -68,10 +68,8 @@ class RecordService:
         self.ctx = ctx
         self.repo = _REPOS[self.kind]
 
-    # --- creates and changes: each is its body's validation (no I/O) and then its S3 checks and transaction
-    def create(self, body: Any) -> dict[str, Any]:
-        return self.create_prepared(self.prepare_create(body))
-
+    # --- creates and changes: the body's validation (no I/O, may run on the event loop), then the S3 checks
+    # and the transaction
     def prepare_create(self, body: Any) -> dict[str, Any]:
         """The record a create would store, from its body (400/422 when the body is wrong); no I/O."""
         raise NotImplementedError
@@ -81,9 +79,6 @@ class RecordService:
         with self.ctx.database.write() as conn:
             self.repo.insert(conn, record)
         return record
-
-    def patch(self, record_id: str, body: Any) -> dict[str, Any]:
-        return self.patch_prepared(record_id, self.prepare_patch(body))
 
     def prepare_patch(self, body: Any) -> dict[str, Any]:
         """The validated fields of a change (400/422 when the body is wrong); no I/O."""

@@ -78,8 +78,8 @@ class Database:
 
     def after_commit(self, callback: Callable[[], None]) -> None:
         """Call `callback` once what this thread's open write block wrote is durable; at once when it is in no
-        write block (a use case tells others of its change after its transaction; run inside a batch of
-        writes that share one transaction, see ims.api.deps.call_batched, it must wait for that commit)."""
+        write block. A use case tells others of its change after its transaction, but when it runs as one
+        block of a shared transaction (ims.store.loop_writes) that is still open then."""
         if self.sqlite_writer is None or not self.sqlite_writer.after_commit(callback):
             callback()
 
