@@ -5,8 +5,10 @@ Also the hand-over of the cross-process write lock (ims.store.group_commit.Proce
 from __future__ import annotations
 
 import asyncio
+import gc
 import threading
 import time
+import weakref
 from pathlib import Path
 from typing import Any
 
@@ -206,3 +208,13 @@ def test_concurrent_loops_and_threads_lose_nothing(database: Database) -> None:
         assert _stored_names(database) == set(names)
     finally:
         other.dispose()
+
+
+def test_a_finished_loop_is_not_kept_alive(database: Database) -> None:
+    loop = asyncio.new_event_loop()
+    assert loop.run_until_complete(_write_all(database, ["once"])) == [True]
+    loop.close()
+    gone = weakref.ref(loop)
+    del loop
+    gc.collect()
+    assert gone() is None

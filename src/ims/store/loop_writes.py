@@ -37,16 +37,17 @@ class _Write:
 class LoopWriter:
     """The writes of one event loop to one SQLite database (see the module docstring)."""
 
-    def __init__(self, writer: SqliteWriter, loop: asyncio.AbstractEventLoop) -> None:
+    # Every method runs on the loop, which it asks for rather than keeps: the registry below holds LoopWriters
+    # by their loop weakly, and a reference to the loop here would keep every loop alive.
+    def __init__(self, writer: SqliteWriter) -> None:
         self._writer = writer
-        self._loop = loop
         self._pending: list[_Write] = []  # waiting for the next transaction
         self._transaction: _Transaction | None = None  # open on this loop, taking writes
         self._written: list[tuple[asyncio.Future[Any], Any, BaseException | None]] = []  # in it, to be answered
         self._busy = False  # a thread opens or commits the transaction
 
     def submit(self, call: Callable[[], T]) -> asyncio.Future[T]:
-        future: asyncio.Future[T] = self._loop.create_future()
+        future: asyncio.Future[T] = asyncio.get_running_loop().create_future()
         write = _Write(future, contextvars.copy_context(), call)
         if self._transaction is not None:
             self._run(write)
@@ -66,7 +67,7 @@ class LoopWriter:
             self._opened(transaction)
             return
         self._busy = True  # another thread or process holds the database: wait for it off the loop
-        waiting = self._loop.run_in_executor(None, self._writer.open)
+        waiting = asyncio.get_running_loop().run_in_executor(None, self._writer.open)
         waiting.add_done_callback(self._open_done)
 
     def _open_done(self, waiting: asyncio.Future[_Transaction]) -> None:
@@ -83,7 +84,7 @@ class LoopWriter:
         for write in pending:
             self._run(write)
         # Requests the loop has ready to run join this transaction before it commits.
-        self._loop.call_soon(self._commit)
+        asyncio.get_running_loop().call_soon(self._commit)
 
     def _run(self, write: _Write) -> None:
         assert self._transaction is not None
@@ -100,7 +101,7 @@ class LoopWriter:
         if transaction is None:
             return
         self._busy = True
-        committing = self._loop.run_in_executor(None, self._writer.commit, transaction)
+        committing = asyncio.get_running_loop().run_in_executor(None, self._writer.commit, transaction)
         committing.add_done_callback(functools.partial(self._committed, written))
 
     def _committed(
@@ -134,7 +135,7 @@ def loop_writer(writer: SqliteWriter) -> LoopWriter:
     by_writer = _writers.setdefault(loop, {})
     found = by_writer.get(id(writer))
     if found is None:
-        found = by_writer[id(writer)] = LoopWriter(writer, loop)
+        found = by_writer[id(writer)] = LoopWriter(writer)
     return found
 
 
