@@ -9,6 +9,7 @@ from marshmallow import EXCLUDE, RAISE, Schema, ValidationError, fields, pre_loa
 from ims.domain import validation as rules
 from ims.domain.errors import NoInput, ValidationFailed
 from ims.domain.jobs import JOB_STATUSES, JOB_TYPES
+from ims.domain.quick_load import quick_load
 
 ARCHES = ("aarch64", "x86_64")
 RECIPE_TYPES = ("kiwi-ng", "packer")
@@ -88,10 +89,15 @@ class ImageInput(Schema):
     arch = fields.Str(load_default="x86_64", validate=_arch)
     metadata = fields.Dict(keys=fields.Str(), values=fields.Str(), load_default=dict)
 
+    @staticmethod
+    def pre_load_changes(data: Any) -> bool:
+        """Whether the pre_load hook below rewrites `data` (ims.domain.quick_load leaves those to marshmallow)."""
+        return isinstance(data, dict) and isinstance(data.get("metadata"), dict) and "key" in data["metadata"]
+
     @pre_load
     def _key_value_metadata(self, data: Any, **_: Any) -> Any:
         # The original accepts `{key, value}` and stores it as `{key: value}`.
-        if isinstance(data, dict) and isinstance(data.get("metadata"), dict) and "key" in data["metadata"]:
+        if self.pre_load_changes(data):
             meta = data["metadata"]
             data = dict(data, metadata={meta["key"]: meta.get("value", "")})
         return data
@@ -196,10 +202,12 @@ def load_input(schema_class: type[Schema], body: Any) -> dict[str, Any]:
     nul = rules.nul_fields(body)
     if nul:
         raise ValidationFailed(_nested({where: ["Must not contain a NUL character."] for where in nul}))
-    try:
-        result: dict[str, Any] = schema.load(body)
-    except ValidationError as exc:
-        raise ValidationFailed(exc.messages) from None
+    result = quick_load(schema, body)
+    if result is None:
+        try:
+            result = schema.load(body)
+        except ValidationError as exc:
+            raise ValidationFailed(exc.messages) from None
     errors = request_rule_errors(schema, result)
     if errors:
         raise ValidationFailed(errors)

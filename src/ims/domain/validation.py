@@ -142,6 +142,8 @@ def check_name(text: str, field: str = "name") -> str | None:
 
 def nul_fields(value: Any, path: str = "") -> list[str]:
     """Where a decoded JSON value has a NUL character (in a key or a string): dotted field paths."""
+    if not path and not _has_nul(value):
+        return []  # the usual case, found without building a path for every member
     found: list[str] = []
     if isinstance(value, str):
         if "\x00" in value:
@@ -159,12 +161,24 @@ def nul_fields(value: Any, path: str = "") -> list[str]:
     return found
 
 
+def _has_nul(value: Any) -> bool:
+    if isinstance(value, str):
+        return "\x00" in value
+    if isinstance(value, dict):
+        return any("\x00" in str(key) or _has_nul(item) for key, item in value.items())
+    if isinstance(value, list):
+        return any(_has_nul(item) for item in value)
+    return False
+
+
 _JSON_STRING = re.compile(rb'"(?:[^"\\]|\\.)*"', re.DOTALL)
 _NOT_BRACKETS = bytes(b for b in range(256) if b not in b"[]{}")
 
 
 def json_too_deep(raw: bytes, limit: int = JSON_MAX_DEPTH) -> bool:
     """Whether a JSON text nests arrays/objects deeper than `limit`, checked before it is parsed."""
+    if raw.count(b"[") + raw.count(b"{") <= limit:
+        return False  # too few brackets to nest that deep, inside strings or not
     brackets = _JSON_STRING.sub(b"", raw).translate(None, _NOT_BRACKETS)
     if len(brackets) <= limit:
         return False

@@ -2,10 +2,14 @@
 
 A short write (a record's INSERT or UPDATE, tens of µs) costs less than handing it to a thread: the hand-off,
 and the thread's contention with the event loop for the interpreter on every statement, cost a record write
-more CPU than its statements. So the loop runs such writes at once in the transaction it holds open, each in
-its own savepoint (a write that raises undoes only its own changes), and hands only the waits to a thread:
-taking the database from another process or thread, and the durable COMMIT. While a commit is on the disk,
-new writes wait for the next transaction; each write's answer is sent once the commit that holds it is
+more CPU than its statements. So the loop runs such writes itself, each in its own savepoint (a write that
+raises undoes only its own changes), and hands only the waits to a thread: taking the database from another
+process or thread, and the durable COMMIT.
+
+The writes the loop submits during one pass wait for the end of that pass; then they run back to back in one
+transaction, which is committed at once. The database (and the lock other processes wait for) is held for the
+writes and the commit only, never while the loop parses, validates or answers other requests. Writes that
+arrive during a commit form the next batch. Each write's answer is sent once the commit that holds it is
 durable, so what a request acknowledges is never lost.
 
 Only writes that neither wait for anything but the database nor read much belong here: a write that calls S3
@@ -41,30 +45,31 @@ class LoopWriter:
     # by their loop weakly, and a reference to the loop here would keep every loop alive.
     def __init__(self, writer: SqliteWriter) -> None:
         self._writer = writer
-        self._pending: list[_Write] = []  # waiting for the next transaction
-        self._transaction: _Transaction | None = None  # open on this loop, taking writes
-        self._written: list[tuple[asyncio.Future[Any], Any, BaseException | None]] = []  # in it, to be answered
-        self._busy = False  # a thread opens or commits the transaction
+        self._pending: list[_Write] = []  # waiting for the next batch
+        self._flush_due = False  # a flush of the pending writes is scheduled on the loop
+        self._busy = False  # a thread opens or commits a transaction
 
     def submit(self, call: Callable[[], T]) -> asyncio.Future[T]:
-        future: asyncio.Future[T] = asyncio.get_running_loop().create_future()
-        write = _Write(future, contextvars.copy_context(), call)
-        if self._transaction is not None:
-            self._run(write)
-        else:
-            self._pending.append(write)
-            if not self._busy:
-                self._open()
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[T] = loop.create_future()
+        self._pending.append(_Write(future, contextvars.copy_context(), call))
+        if not self._busy and not self._flush_due:
+            # The writes the loop submits before this callback runs form one batch.
+            self._flush_due = True
+            loop.call_soon(self._flush)
         return future
 
-    def _open(self) -> None:
+    def _flush(self) -> None:
+        self._flush_due = False
+        if self._busy or not self._pending:
+            return
         try:
             transaction = self._writer.try_open()
         except BaseException as exc:
             self._fail_pending(exc)
             return
         if transaction is not None:
-            self._opened(transaction)
+            self._write_batch(transaction)
             return
         self._busy = True  # another thread or process holds the database: wait for it off the loop
         waiting = asyncio.get_running_loop().run_in_executor(None, self._writer.open)
@@ -76,33 +81,23 @@ class LoopWriter:
         if error is not None:
             self._fail_pending(error)
         else:
-            self._opened(waiting.result())
+            self._write_batch(waiting.result())
 
-    def _opened(self, transaction: _Transaction) -> None:
-        self._transaction = transaction
+    def _write_batch(self, transaction: _Transaction) -> None:
+        """Run every pending write, back to back, then commit: the database is held for the writes only, not
+        for whatever else the loop does meanwhile."""
         pending, self._pending = self._pending, []
-        for write in pending:
-            self._run(write)
-        # Requests the loop has ready to run join this transaction before it commits.
-        asyncio.get_running_loop().call_soon(self._commit)
-
-    def _run(self, write: _Write) -> None:
-        assert self._transaction is not None
-        try:
-            result = write.context.run(self._writer.run_in, self._transaction, write.call)
-        except BaseException as exc:  # handed to its request, which answers it
-            self._written.append((write.future, None, exc))
-        else:
-            self._written.append((write.future, result, None))
-
-    def _commit(self) -> None:
-        transaction, self._transaction = self._transaction, None
-        written, self._written = self._written, []
-        if transaction is None:
-            return
+        written = [self._run(transaction, write) for write in pending]
         self._busy = True
         committing = asyncio.get_running_loop().run_in_executor(None, self._writer.commit, transaction)
         committing.add_done_callback(functools.partial(self._committed, written))
+
+    def _run(self, transaction: _Transaction, write: _Write) -> tuple[asyncio.Future[Any], Any, BaseException | None]:
+        try:
+            result = write.context.run(self._writer.run_in, transaction, write.call)
+        except BaseException as exc:  # handed to its request, which answers it
+            return write.future, None, exc
+        return write.future, result, None
 
     def _committed(
         self, written: list[tuple[asyncio.Future[Any], Any, BaseException | None]], committing: asyncio.Future[None]
@@ -116,8 +111,7 @@ class LoopWriter:
                 future.set_exception(error or failed)  # type: ignore[arg-type]
             else:
                 future.set_result(result)
-        if self._pending:
-            self._open()
+        self._flush()
 
     def _fail_pending(self, error: BaseException) -> None:
         pending, self._pending = self._pending, []
