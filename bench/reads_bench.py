@@ -447,7 +447,8 @@ def main() -> int:
         if not args.writes_only:
             record(refill(server, ids[1]), "ims")
 
-        doomed = [] if args.reads_only else seed_images(server, int(max(2000.0, 8000 * args.duration)), "doomed")
+        # More than the deletes of the phase can reach: a DELETE beyond the list would end wrk with an error.
+        doomed = [] if args.reads_only else seed_images(server, int(max(2000.0, 20000 * args.duration)), "doomed")
         writes = [
             ("create image", WRITE_SCRIPTS["create"]),
             ("patch image", ids_lua + WRITE_SCRIPTS["patch"]),

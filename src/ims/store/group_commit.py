@@ -225,12 +225,11 @@ class SqliteWriter:
             raise
 
     def run_in(self, transaction: _Transaction, call: Callable[[], T]) -> T:
-        """Run `call` on this thread as one block of `transaction` (a savepoint: a call that raises undoes only
-        its own changes); its Database.write blocks join the transaction."""
+        """Run `call` on this thread inside `transaction`: its Database.write blocks are savepoints of it, so a
+        block that raises undoes only its own changes, and one that ends keeps them, as in a thread."""
         self._local.transaction = transaction
         try:
-            with self.write():
-                return call()
+            return call()
         finally:
             self._local.transaction = None
 
