@@ -303,6 +303,8 @@ class AuditMiddleware:
 
     @staticmethod
     def _audit(scope: Scope, status: int, created: bytes) -> None:
+        if not audit_log.isEnabledFor(logging.INFO):
+            return  # IMS_LOG_LEVEL above INFO: no line, so nothing to look up for it
         caller = scope.get(CALLER_KEY)
         who = caller.audit_name if isinstance(caller, Caller) else ("unauthenticated" if status == 401 else "-")
         params = scope.get("path_params") or {}
