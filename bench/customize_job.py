@@ -25,6 +25,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -129,6 +130,12 @@ def raw_tools(work: Path, root: Path, archive: Path, store: ArtifactStore, locat
     scratch.unlink()
     raw = make_client(store.config)
     cpu_timed("raw boto3 upload_file", lambda: raw.upload_file(str(archive), "boot-images", "raw/rootfs"))
+    # What the package stage has to do, done by hand at once on the same CPUs: mksquashfs of the root while an
+    # archive of the same size goes up. On this machine both compete for the CPUs (SeaweedFS runs here too),
+    # which max(mksquashfs, upload) leaves out.
+    subprocess.run(["sync"], check=True)
+    timed("raw mksquashfs and boto3 upload_file at once", lambda: _both_at_once(root, scratch, raw, archive))
+    scratch.unlink()
     timed("raw boto3 download_file", lambda: raw.download_file("boot-images", "raw/rootfs", str(work / "dl.sqsh")))
     (work / "dl.sqsh").unlink()
     url = store.presign_get(location, 600)
@@ -162,6 +169,14 @@ def raw_tools(work: Path, root: Path, archive: Path, store: ArtifactStore, locat
     )
     shutil.rmtree(dest_seq, ignore_errors=True)
     (work / "curl.sqsh").unlink()
+
+
+def _both_at_once(root: Path, scratch: Path, client: Any, archive: Path) -> None:
+    with ThreadPoolExecutor(2) as pool:
+        packing = pool.submit(mksquashfs, root, scratch)
+        uploading = pool.submit(client.upload_file, str(archive), "boot-images", "raw/rootfs-at-once")
+        packing.result()
+        uploading.result()
 
 
 def customize_once(api: httpx.Client, server: ImsServer, image_id: str, key_id: str, key: KeyPair) -> None:
@@ -234,6 +249,7 @@ def run_ratios() -> list[dict[str, Any]]:
                     "cpu_floor": max(
                         package_limit, (run["cpu: raw mksquashfs"] + run["cpu: raw boto3 upload_file"]) / cpus
                     ),
+                    "package_at_once": run["raw mksquashfs and boto3 upload_file at once"],
                 }
             )
         except KeyError:
@@ -246,8 +262,9 @@ def ratios() -> str:
     lines = [
         "| run | load | POST→waiting / (curl + unsquashfs) | POST→waiting / (the two back to back) "
         "| complete→success / max(mksquashfs, boto3 upload) "
-        f"| CPU floor of packing + upload on {cpus} CPUs | complete→success / CPU floor |",
-        "|---|---|---:|---:|---:|---:|---:|",
+        f"| CPU floor of packing + upload on {cpus} CPUs | complete→success / CPU floor "
+        "| complete→success / (mksquashfs and upload at once) |",
+        "|---|---|---:|---:|---:|---:|---:|---:|",
     ]
     for run in run_ratios():
         waiting, done = run["waiting"], run["success"]
@@ -256,7 +273,8 @@ def ratios() -> str:
             f"| {waiting:.2f} / {run['prepare_limit']:.2f} = **{waiting / run['prepare_limit']:.2f}** "
             f"| {waiting:.2f} / {run['prepare_sequence']:.2f} = **{waiting / run['prepare_sequence']:.2f}** "
             f"| {done:.2f} / {run['package_limit']:.2f} = **{done / run['package_limit']:.2f}** "
-            f"| {run['cpu_floor']:.2f} s | **{done / run['cpu_floor']:.2f}** |"
+            f"| {run['cpu_floor']:.2f} s | **{done / run['cpu_floor']:.2f}** "
+            f"| {done:.2f} / {run['package_at_once']:.2f} = **{done / run['package_at_once']:.2f}** |"
         )
     return "\n".join(lines)
 

@@ -96,6 +96,7 @@ def customize_rows(runs: list[dict[str, Any]]) -> list[list[str]]:
         ("customize: POST → waiting_on_user", "waiting", "prepare_limit", "raw curl + raw unsquashfs"),
         ("customize: complete → success", "success", "package_limit", "max(raw mksquashfs, raw upload)"),
         ("customize: complete → success", "success", "cpu_floor", "CPU floor of mksquashfs + upload"),
+        ("customize: complete → success", "success", "package_at_once", "raw mksquashfs and upload at once"),
     ):
         ratios = [run[job] / run[limit] for run in runs]
         rows.append(

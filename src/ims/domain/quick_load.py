@@ -94,6 +94,7 @@ def _plan(schema_class: type[Schema]) -> _Plan | None:
 
 def _build(schema_class: type[Schema]) -> _Plan | None:
     schema = schema_class()
+    # marshmallow files a class's decorated methods (pre_load, post_load, validates, ...) under _hooks.
     hooks = {kind for kind, registered in schema_class._hooks.items() if registered}
     hook_changes = getattr(schema_class, "pre_load_changes", None)
     if hooks - {"pre_load"} or (hooks and hook_changes is None) or schema.unknown != RAISE:
